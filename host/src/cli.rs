@@ -1,0 +1,371 @@
+//! The `pier` command line: argument definitions (clap derive; `--help` comes from these doc
+//! comments) and the glue that turns them into a running server or a client call.
+//!
+//! Every start-up failure becomes one line on stderr, `pier: <what went wrong>`, and exit code 1.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::builtin;
+use crate::framing::Framing;
+use crate::listener::{DEFAULT_WRITE_QUEUE, ListenerShared};
+use crate::runtime::{LoadedPlugin, Runtime, RuntimeConfig};
+use crate::server::{self, ServerConfig};
+
+/// pier: a TCP server whose message handlers are sandboxed WebAssembly components.
+#[derive(Parser, Debug)]
+#[command(name = "pier", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive list);
+    /// `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve TCP clients with a plugin (the built-in echo plugin by default).
+    Serve(ServeArgs),
+    /// Send one frame to a server and print the reply.
+    Send(SendArgs),
+    /// Check that a file is a pier plugin and show what it imports and exports.
+    Check(CheckArgs),
+}
+
+/// `pier serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A plugin: a `.wasm` component file or the name of a built-in plugin (echo).
+    #[arg(default_value = "echo")]
+    pub plugin: String,
+
+    /// Address to listen on; port 0 picks a free port (the real one is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// How frames are delimited. Default: the built-in plugin's own framing, or raw.
+    #[arg(long, value_enum)]
+    pub framing: Option<Framing>,
+
+    /// Largest frame a client may send, e.g. `65536`, `64KiB`, `1MiB`.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub max_frame: usize,
+
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Most connections open at once; more clients wait in the accept backlog.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Longest one plugin call may run, e.g. `500ms`, `2s`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub call_deadline: Duration,
+
+    /// Most memory one plugin instance may use, e.g. `64MiB`.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub memory_limit: usize,
+
+    /// Frames that may wait for a slow client before further sends to it fail.
+    #[arg(long, default_value_t = DEFAULT_WRITE_QUEUE)]
+    pub write_queue: usize,
+
+    /// How long SIGINT/SIGTERM waits for connections to flush before closing them.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Directory for compiled plugins (default: $PIER_CACHE_DIR, $XDG_CACHE_HOME/pier or
+    /// ~/.cache/pier).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile plugins on every start instead of using the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// `pier send`.
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Server address, e.g. `127.0.0.1:8080`.
+    pub addr: String,
+
+    /// The message (one frame). Omit it with `--stdin`.
+    #[arg(required_unless_present = "stdin")]
+    pub message: Option<String>,
+
+    /// How frames are delimited.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub framing: Framing,
+
+    /// MESSAGE is hex, and the reply is printed as hex.
+    #[arg(long)]
+    pub hex: bool,
+
+    /// Read the message from standard input (all of it, as one frame).
+    #[arg(long, conflicts_with = "message")]
+    pub stdin: bool,
+
+    /// How long to wait for the connection and the reply, e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Largest reply accepted.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub max_frame: usize,
+}
+
+/// `pier check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The plugin: a `.wasm` component file or a built-in name.
+    pub plugin: String,
+}
+
+/// Parses `1048576`, `64KiB`, `1MiB`, `1 MB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a size ({e})"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("`{s}` is too large"))
+}
+
+/// Entry point of the binary: runs the command and turns an error into one stderr line.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Send(args) => send(args),
+        Command::Check(args) => check(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("pier: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// A plugin argument resolved to bytes.
+struct PluginSource {
+    /// Name for logs: the built-in name or the path.
+    name: String,
+    /// The component.
+    bytes: Vec<u8>,
+    /// The built-in's preferred framing.
+    framing: Option<Framing>,
+}
+
+fn resolve_plugin(arg: &str) -> Result<PluginSource> {
+    let path = Path::new(arg);
+    let looks_like_path = arg.ends_with(".wasm") || arg.contains('/');
+    if !looks_like_path {
+        if let Some(b) = builtin::find(arg) {
+            return Ok(PluginSource {
+                name: b.name.to_string(),
+                bytes: b.wasm.to_vec(),
+                framing: Some(b.framing),
+            });
+        }
+        if !path.exists() {
+            bail!(
+                "no plugin file or built-in plugin named `{arg}` (built-in plugins: {})",
+                builtin::names()
+            );
+        }
+    }
+    if !path.exists() {
+        bail!("plugin file {arg} does not exist");
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {arg}"))?;
+    Ok(PluginSource {
+        name: arg.to_string(),
+        bytes,
+        framing: None,
+    })
+}
+
+fn load(runtime: &Runtime, source: &PluginSource) -> Result<Arc<LoadedPlugin>> {
+    runtime
+        .load_plugin(&source.name, &source.bytes)
+        .map_err(|err| anyhow!("plugin {}: {err}", source.name))
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let source = resolve_plugin(&args.plugin)?;
+    let framing = args.framing.or(source.framing).unwrap_or(Framing::Raw);
+    let runtime = Runtime::new(RuntimeConfig {
+        memory_limit: args.memory_limit,
+        call_deadline: args.call_deadline,
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            args.cache_dir.clone().or_else(crate::runtime::cache::ArtifactCache::default_dir)
+        },
+        ..RuntimeConfig::default()
+    })?;
+    let plugin = load(&runtime, &source)?;
+    tracing::info!(
+        plugin = %plugin.name,
+        version = %plugin.version,
+        cached = plugin.from_cache,
+        "plugin ready in {:?}",
+        plugin.load_time
+    );
+    let config = ServerConfig {
+        max_connections: args.max_connections,
+        workers: args.workers.unwrap_or(ServerConfig::default().workers),
+        drain_timeout: args.drain_timeout,
+    };
+    let shared = ListenerShared::new(
+        "default",
+        framing,
+        args.max_frame,
+        args.write_queue,
+        plugin.clone(),
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = bind(&args.listen).await?;
+        let addr = listener.local_addr().context("cannot read the bound address")?;
+        eprintln!(
+            "pier: listening on {addr} (plugin {}, framing {framing})",
+            plugin.name
+        );
+        server::run(listener, shared, runtime, config, shutdown_signal()).await
+    })
+}
+
+/// Binds with a one-line error for the usual failures.
+async fn bind(listen: &str) -> Result<TcpListener> {
+    let addr: SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(_) => tokio::net::lookup_host(listen)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| anyhow!("cannot resolve listen address `{listen}`"))?,
+    };
+    TcpListener::bind(addr).await.map_err(|err| match err.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow!("address {addr} is already in use"),
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow!("permission denied binding {addr} (ports below 1024 need privileges)")
+        }
+        std::io::ErrorKind::AddrNotAvailable => anyhow!("address {addr} is not available on this machine"),
+        _ => anyhow!("cannot listen on {addr}: {err}"),
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop pier with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    eprintln!("pier: {name} received, shutting down");
+}
+
+fn send(args: SendArgs) -> Result<()> {
+    let message: Vec<u8> = if args.stdin {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+        buf
+    } else {
+        args.message.clone().unwrap_or_default().into_bytes()
+    };
+    let message = if args.hex {
+        let text = String::from_utf8_lossy(&message);
+        let compact: String = text.split_whitespace().collect();
+        hex::decode(&compact).map_err(|e| anyhow!("MESSAGE is not hex: {e}"))?
+    } else {
+        message
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let reply = rt.block_on(crate::client::send_one(
+        &args.addr,
+        args.framing,
+        &message,
+        args.timeout,
+        args.max_frame,
+    ))?;
+    let mut stdout = std::io::stdout().lock();
+    if args.hex {
+        writeln!(stdout, "{}", hex::encode(&reply))?;
+    } else {
+        stdout.write_all(&reply)?;
+        if !reply.ends_with(b"\n") {
+            stdout.write_all(b"\n")?;
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let source = resolve_plugin(&args.plugin)?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })?;
+    let plugin = load(&runtime, &source)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ok: {} fits pier:plugin/plugin@0.1.0 (version {}, compiled in {:?})",
+        plugin.name, plugin.version, plugin.load_time
+    )?;
+    writeln!(out, "imports:")?;
+    for import in &plugin.imports {
+        let note = if import.starts_with("pier:plugin/") {
+            "provided by pier"
+        } else {
+            "not granted: traps if called"
+        };
+        writeln!(out, "  {import}  ({note})")?;
+    }
+    writeln!(out, "exports:")?;
+    for export in &plugin.exports {
+        writeln!(out, "  {export}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! One client connection: socket in, frames to the plugin, replies and queued frames out.
+//!
+//! The task owns its socket, read buffer and write buffer. Frames decoded from one read are
+//! handled in order and their replies collected into one buffer that goes out in one write, so
+//! pipelined clients cost one syscall per batch and raw-framed clients get each reply in one
+//! write. A client that does not read its replies stalls only its own task (the write awaits),
+//! and frames other connections queue for it are bounded by the registry's write queue.
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::framing::{FrameDecoder, Framing};
+use crate::hub::{ConnectionId, Mailbox, PeerInfo, next_connection_id};
+use crate::runtime::PluginInstance;
+use crate::runtime::bindings::CloseReason;
+use crate::runtime::host::peer_record;
+use crate::worker::{Job, Shutdown};
+
+/// The most bytes read during a shutdown drain: what clients sent before the signal is
+/// answered, a client that keeps streaming cannot hold shutdown up.
+const DRAIN_READ_LIMIT: usize = 1024 * 1024;
+
+/// Serves one connection until it closes, then tells the plugin.
+pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Shutdown) {
+    let Job {
+        stream,
+        permit,
+        listener,
+    } = job;
+    let id = next_connection_id();
+    let remote = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let span = info_span!("conn", listener = %listener.name, conn = id, peer = %remote);
+    async move {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(err) => {
+                warn!("cannot register the socket: {err}");
+                return;
+            }
+        };
+        let local = stream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let peer = PeerInfo {
+            id,
+            remote_addr: remote,
+            local_addr: local,
+            listener: listener.name.clone(),
+            connected_at: SystemTime::now(),
+        };
+        let record = peer_record(&peer);
+        let mailbox = listener.hub.register(peer);
+        debug!("connected");
+        let mut conn = Connection {
+            id,
+            framing: listener.framing,
+            decoder: listener.framing.decoder(listener.max_frame),
+            stream,
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
+            mailbox,
+            instance,
+            shutdown,
+            closing: false,
+        };
+
+        let opened = conn.instance.borrow_mut().on_open(&record);
+        let reason = match opened {
+            Ok(Ok(greeting)) => {
+                if let Some(greeting) = greeting {
+                    conn.queue_reply(&greeting);
+                }
+                conn.run().await
+            }
+            Ok(Err(refusal)) => {
+                info!(reason = %refusal.reason, "plugin refused the connection");
+                if let Some(message) = refusal.message {
+                    conn.queue_reply(&message);
+                }
+                conn.finish().await;
+                listener.hub.unregister(id);
+                return;
+            }
+            Err(_fault) => {
+                // Logged by the instance; the plugin never accepted the connection.
+                conn.finish().await;
+                listener.hub.unregister(id);
+                return;
+            }
+        };
+        conn.finish().await;
+        listener.hub.unregister(id);
+        debug!(reason = ?reason, "closed");
+        conn.instance.borrow_mut().on_close(id, reason);
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+struct Connection {
+    /// The connection's id, passed to every plugin call.
+    id: ConnectionId,
+    /// How replies are framed.
+    framing: Framing,
+    /// Cuts incoming bytes into frames.
+    decoder: FrameDecoder,
+    /// The client socket.
+    stream: TcpStream,
+    /// Bytes read but not yet framed.
+    read_buf: BytesMut,
+    /// Framed replies not yet written.
+    write_buf: BytesMut,
+    /// Frames queued for this connection by the plugin, and the plugin's close request.
+    mailbox: Mailbox,
+    /// This worker's instance of the plugin.
+    instance: Rc<RefCell<PluginInstance>>,
+    /// The server's shutdown signals.
+    shutdown: Shutdown,
+    /// Set once the plugin asked to close: write what is owed, then stop.
+    closing: bool,
+}
+
+/// Why the main loop stopped.
+type Closed = CloseReason;
+
+impl Connection {
+    /// The main loop; returns why the connection ended. Replies owed are in `write_buf` and are
+    /// flushed by `finish`.
+    async fn run(&mut self) -> Closed {
+        loop {
+            if let Err(err) = self.flush().await {
+                return err;
+            }
+            if self.closing {
+                return CloseReason::PluginClosed;
+            }
+            self.read_buf.reserve(self.decoder.read_hint());
+            tokio::select! {
+                biased;
+                _ = self.shutdown.drain.cancelled() => {
+                    self.drain_on_shutdown();
+                    return CloseReason::Shutdown;
+                }
+                _ = self.mailbox.close.cancelled() => {
+                    self.take_mailbox();
+                    self.closing = true;
+                }
+                frame = self.mailbox.frames.recv() => {
+                    if let Some(frame) = frame {
+                        self.queue_reply(&frame);
+                        self.take_mailbox();
+                    }
+                }
+                read = self.stream.read_buf(&mut self.read_buf) => match read {
+                    Ok(0) => {
+                        if let Err(reason) = self.handle_frames(true) {
+                            return reason;
+                        }
+                        return if self.closing { CloseReason::PluginClosed } else { CloseReason::PeerClosed };
+                    }
+                    Ok(_) => {
+                        if let Err(reason) = self.handle_frames(false) {
+                            return reason;
+                        }
+                    }
+                    Err(err) => {
+                        debug!("read failed: {err}");
+                        return CloseReason::IoError;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Hands every complete frame in the read buffer to the plugin, in order, collecting the
+    /// replies. Stops early if the plugin closes the connection or faults.
+    fn handle_frames(&mut self, eof: bool) -> Result<(), Closed> {
+        while !self.closing {
+            let decoded = if eof {
+                self.decoder.decode_eof(&mut self.read_buf)
+            } else {
+                self.decoder.decode(&mut self.read_buf)
+            };
+            let frame = match decoded {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    warn!("protocol error, closing: {err}");
+                    return Err(CloseReason::ProtocolError);
+                }
+            };
+            self.handle_frame(&frame)?;
+        }
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, frame: &Bytes) -> Result<(), Closed> {
+        let result = self.instance.borrow_mut().on_frame(self.id, frame);
+        // Frames the call queued for this connection go before its reply.
+        self.take_mailbox();
+        if self.mailbox.close.is_cancelled() {
+            self.closing = true;
+        }
+        match result {
+            Ok(Some(reply)) => {
+                self.queue_reply(&reply);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(_fault) => Err(CloseReason::Fault),
+        }
+    }
+
+    fn queue_reply(&mut self, frame: &[u8]) {
+        if let Err(err) = self.framing.encode(frame, &mut self.write_buf) {
+            warn!("reply dropped: {err}");
+        }
+    }
+
+    /// Moves every frame already queued in the mailbox into the write buffer.
+    fn take_mailbox(&mut self) {
+        while let Ok(frame) = self.mailbox.frames.try_recv() {
+            self.queue_reply(&frame);
+        }
+    }
+
+    /// Writes the write buffer out, giving up if the drain deadline passes.
+    async fn flush(&mut self) -> Result<(), Closed> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::select! {
+            biased;
+            _ = self.shutdown.force.cancelled() => Err(io::Error::other("shutdown deadline passed")),
+            r = self.stream.write_all(&self.write_buf) => r,
+        };
+        self.write_buf.clear();
+        result.map_err(|err| {
+            debug!("write failed: {err}");
+            CloseReason::IoError
+        })
+    }
+
+    /// On shutdown, answers what the client already sent (it may still sit in the socket
+    /// buffer) without waiting for more.
+    fn drain_on_shutdown(&mut self) {
+        let mut drained = 0;
+        while drained < DRAIN_READ_LIMIT && !self.closing {
+            self.read_buf.reserve(self.decoder.read_hint());
+            match self.stream.try_read_buf(&mut self.read_buf) {
+                Ok(0) => {
+                    let _ = self.handle_frames(true);
+                    return;
+                }
+                Ok(n) => {
+                    drained += n;
+                    if self.handle_frames(false).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = self.handle_frames(false);
+        self.take_mailbox();
+    }
+
+    /// Flushes what is owed and closes the socket.
+    async fn finish(&mut self) {
+        self.take_mailbox();
+        if self.flush().await.is_ok() {
+            let _ = self.stream.shutdown().await;
+        }
+    }
+}

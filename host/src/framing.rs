@@ -1,0 +1,256 @@
+//! Message framing: how a byte stream is cut into frames and how frames are put back on the wire.
+//!
+//! The host owns framing so that plugins only ever see whole messages and never more than the
+//! listener's maximum frame size. Decoding is check-then-parse on a connection-owned buffer: a
+//! frame is taken only once it is complete, and a length prefix above the limit is rejected from
+//! its four header bytes, before anything is allocated for the body.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_util::codec::{AnyDelimiterCodec, Decoder, LengthDelimitedCodec};
+
+/// The default maximum frame size: 1 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
+
+/// How many bytes one read of a `raw` connection takes at most; raw frames are one read each, so
+/// this is also their size limit when it is below `max_frame`.
+const RAW_READ_CHUNK: usize = 64 * 1024;
+
+/// How frames are delimited on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Framing {
+    /// Each read from the socket is one frame and each reply goes out in one write, with no
+    /// delimiter — what kn-sock's `send-tcp` and other "send once, recv once" clients expect.
+    Raw,
+    /// Frames end with `\n`; a `\r` before it is dropped too. Replies get a `\n` appended.
+    Lines,
+    /// Each frame is a 4-byte big-endian length followed by that many bytes (seed 004).
+    LengthPrefixed,
+}
+
+impl Framing {
+    /// The name used on the command line and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Framing::Raw => "raw",
+            Framing::Lines => "lines",
+            Framing::LengthPrefixed => "length-prefixed",
+        }
+    }
+
+    /// A decoder for one connection.
+    pub fn decoder(self, max_frame: usize) -> FrameDecoder {
+        let inner = match self {
+            Framing::Raw => Inner::Raw,
+            Framing::Lines => Inner::Lines(AnyDelimiterCodec::new_with_max_length(
+                b"\n".to_vec(),
+                b"\n".to_vec(),
+                max_frame,
+            )),
+            Framing::LengthPrefixed => Inner::Length(
+                LengthDelimitedCodec::builder()
+                    .length_field_type::<u32>()
+                    .big_endian()
+                    .max_frame_length(max_frame)
+                    .new_codec(),
+            ),
+        };
+        FrameDecoder { inner, max_frame }
+    }
+
+    /// Appends `frame` to `out` as it goes on the wire.
+    pub fn encode(self, frame: &[u8], out: &mut BytesMut) -> Result<(), FrameError> {
+        match self {
+            Framing::Raw => out.extend_from_slice(frame),
+            Framing::Lines => {
+                out.reserve(frame.len() + 1);
+                out.extend_from_slice(frame);
+                out.put_u8(b'\n');
+            }
+            Framing::LengthPrefixed => {
+                let len = u32::try_from(frame.len()).map_err(|_| FrameError::TooLarge {
+                    limit: u32::MAX as usize,
+                })?;
+                out.reserve(frame.len() + 4);
+                out.put_u32(len);
+                out.extend_from_slice(frame);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Framing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "raw" => Ok(Framing::Raw),
+            "lines" => Ok(Framing::Lines),
+            "length-prefixed" => Ok(Framing::LengthPrefixed),
+            other => Err(format!(
+                "unknown framing `{other}` (expected raw, lines or length-prefixed)"
+            )),
+        }
+    }
+}
+
+/// Why the bytes a client sent cannot be cut into frames. The connection is closed with
+/// `close-reason.protocol-error`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// A frame (or a length prefix) is larger than the limit.
+    #[error("frame larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
+    Truncated {
+        /// How many bytes of the unfinished frame had arrived.
+        buffered: usize,
+    },
+}
+
+/// Cuts one connection's incoming bytes into frames.
+pub struct FrameDecoder {
+    /// The codec for the connection's framing; tokio-util's where one fits.
+    inner: Inner,
+    /// The limit every frame is checked against.
+    max_frame: usize,
+}
+
+enum Inner {
+    Raw,
+    Lines(AnyDelimiterCodec),
+    Length(LengthDelimitedCodec),
+}
+
+impl FrameDecoder {
+    /// How many bytes to make room for before the next read: raw frames are single reads, so
+    /// their chunk is capped by the frame limit.
+    pub fn read_hint(&self) -> usize {
+        match self.inner {
+            Inner::Raw => RAW_READ_CHUNK.min(self.max_frame),
+            _ => 4096,
+        }
+    }
+
+    /// Takes the next complete frame out of `buf`, if there is one.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        let limit = self.max_frame;
+        match &mut self.inner {
+            Inner::Raw => {
+                if buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Ok(Some(buf.split().freeze()))
+                }
+            }
+            Inner::Lines(codec) => match codec.decode(buf) {
+                Ok(Some(line)) => Ok(Some(strip_cr(line))),
+                Ok(None) => Ok(None),
+                Err(_) => Err(FrameError::TooLarge { limit }),
+            },
+            Inner::Length(codec) => match codec.decode(buf) {
+                Ok(frame) => Ok(frame.map(BytesMut::freeze)),
+                Err(_) => Err(FrameError::TooLarge { limit }),
+            },
+        }
+    }
+
+    /// Called once the client has closed its side: a final unterminated line is still a frame,
+    /// but a half-received length-prefixed frame is an error.
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        match self.inner {
+            Inner::Lines(_) => Ok(Some(strip_cr(buf.split().freeze()))),
+            _ => Err(FrameError::Truncated {
+                buffered: buf.len(),
+            }),
+        }
+    }
+}
+
+fn strip_cr(mut line: Bytes) -> Bytes {
+    if line.last() == Some(&b'\r') {
+        line.truncate(line.len() - 1);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: Framing, max: usize, input: &[u8]) -> Result<Vec<Bytes>, FrameError> {
+        let mut dec = framing.decoder(max);
+        let mut buf = BytesMut::from(input);
+        let mut frames = Vec::new();
+        while let Some(f) = dec.decode(&mut buf)? {
+            frames.push(f);
+        }
+        Ok(frames)
+    }
+
+    #[test]
+    fn lines_split_and_strip_carriage_returns() {
+        let frames = decode_all(Framing::Lines, 100, b"a\r\nbc\n\nrest").unwrap();
+        assert_eq!(frames, vec![&b"a"[..], b"bc", b""]);
+    }
+
+    #[test]
+    fn lines_over_the_limit_fail_without_a_newline() {
+        let err = decode_all(Framing::Lines, 8, &[b'x'; 9]).unwrap_err();
+        assert_eq!(err, FrameError::TooLarge { limit: 8 });
+    }
+
+    #[test]
+    fn length_prefix_above_limit_is_rejected_from_the_header() {
+        let mut dec = Framing::LengthPrefixed.decoder(1024);
+        let mut buf = BytesMut::from(&0xFFFF_FFF0u32.to_be_bytes()[..]);
+        assert_eq!(dec.decode(&mut buf), Err(FrameError::TooLarge { limit: 1024 }));
+        assert!(buf.capacity() < 1 << 20, "must not reserve the claimed size");
+    }
+
+    #[test]
+    fn length_prefixed_round_trip() {
+        let mut wire = BytesMut::new();
+        Framing::LengthPrefixed.encode(b"hello", &mut wire).unwrap();
+        Framing::LengthPrefixed.encode(b"", &mut wire).unwrap();
+        assert_eq!(&wire[..4], &5u32.to_be_bytes());
+        let frames = decode_all(Framing::LengthPrefixed, 16, &wire).unwrap();
+        assert_eq!(frames, vec![&b"hello"[..], b""]);
+    }
+
+    #[test]
+    fn truncated_length_frame_at_eof_is_an_error_but_a_last_line_is_a_frame() {
+        let mut dec = Framing::LengthPrefixed.decoder(16);
+        let mut buf = BytesMut::from(&[0, 0, 0, 5, b'a'][..]);
+        assert_eq!(dec.decode_eof(&mut buf), Err(FrameError::Truncated { buffered: 5 }));
+
+        let mut dec = Framing::Lines.decoder(16);
+        let mut buf = BytesMut::from(&b"tail\r"[..]);
+        assert_eq!(dec.decode_eof(&mut buf).unwrap().as_deref(), Some(&b"tail"[..]));
+    }
+
+    #[test]
+    fn raw_takes_everything_buffered() {
+        let frames = decode_all(Framing::Raw, 16, b"abc\ndef").unwrap();
+        assert_eq!(frames, vec![&b"abc\ndef"[..]]);
+    }
+}

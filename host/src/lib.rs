@@ -1,0 +1,30 @@
+//! pier: a TCP server whose message handlers are sandboxed WebAssembly components.
+//!
+//! The host owns every socket and frame boundary; a plugin (a component implementing the world
+//! `pier:plugin/plugin` in `wit/plugin.wit`) sees only whole frames and answers them.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `pier` command line (`serve`, `send`, `check`).
+//! - [`server`]: the accept loop — connection permit before `accept`, graceful drain.
+//! - [`worker`]: worker threads, each with its own runtime and plugin instances; connections are
+//!   pinned to one worker.
+//! - [`connection`]: one client — read, frame, call the plugin, write replies.
+//! - [`framing`]: raw, lines and length-prefixed framing with a frame-size limit.
+//! - [`listener`]: what a listener serves (name, framing, limits, plugin, registry).
+//! - [`hub`]: the connection registry behind the plugin's `connections` interface.
+//! - [`runtime`]: wasmtime engine, compiled-plugin cache, loading and checking plugins, per-worker
+//!   instances with deadlines, memory caps and fault recovery.
+//! - [`builtin`]: plugins embedded in the binary (echo).
+//! - [`client`]: the client side used by `pier send`.
+
+pub mod builtin;
+pub mod cli;
+pub mod client;
+pub mod connection;
+pub mod framing;
+pub mod hub;
+pub mod listener;
+pub mod runtime;
+pub mod server;
+pub mod worker;

@@ -1,0 +1,185 @@
+//! One worker's instance of a plugin: calls with a deadline and a memory cap, and recovery from
+//! faults.
+//!
+//! A fault (trap, deadline overrun, memory refusal) discards the whole store — guest memory may
+//! be inconsistent after a trap — and the next call instantiates a fresh one from the plugin's
+//! `InstancePre`. Only the caller whose call faulted learns of it; other connections on the
+//! worker simply get the new instance on their next frame.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use super::Runtime;
+use super::bindings::{CloseReason, Peer, Plugin, Refusal};
+use super::host::{HostState, ListenerContext};
+use super::plugin::LoadedPlugin;
+use crate::hub::ConnectionId;
+
+/// What went wrong in a guest call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The guest trapped (unreachable, out-of-bounds access, a panic, ...).
+    Trap,
+    /// The call ran past the call deadline.
+    Deadline,
+    /// The guest tried to grow memory past its limit.
+    Memory,
+    /// No instance could be created (instantiation itself trapped or the pool is exhausted).
+    Instantiate,
+}
+
+impl FaultKind {
+    /// Short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Trap => "trap",
+            FaultKind::Deadline => "deadline",
+            FaultKind::Memory => "memory",
+            FaultKind::Instantiate => "instantiate",
+        }
+    }
+}
+
+/// A failed guest call; the instance has already been discarded.
+#[derive(Debug)]
+pub struct Fault {
+    /// What kind of failure.
+    pub kind: FaultKind,
+    /// wasmtime's description, with the guest backtrace when there is one.
+    pub detail: String,
+}
+
+struct Live {
+    store: Store<HostState>,
+    bindings: Plugin,
+}
+
+/// The instance of one plugin on one worker thread.
+pub struct PluginInstance {
+    /// The plugin version this instance runs.
+    plugin: Arc<LoadedPlugin>,
+    /// The listener it serves.
+    ctx: Arc<ListenerContext>,
+    /// The runtime, for limits and the engine.
+    runtime: Arc<Runtime>,
+    /// `"name@version"`, on every log line.
+    label: Arc<str>,
+    /// The current store and bindings; `None` after a fault until the next call.
+    live: Option<Live>,
+    /// How many faults this worker's instances had, for logs.
+    faults: u64,
+}
+
+impl PluginInstance {
+    /// Prepares an instance; the store itself is created on first use.
+    pub fn new(runtime: Arc<Runtime>, plugin: Arc<LoadedPlugin>, ctx: Arc<ListenerContext>) -> Self {
+        let label = Arc::from(format!("{}@{}", plugin.name, plugin.version));
+        PluginInstance {
+            plugin,
+            ctx,
+            runtime,
+            label,
+            live: None,
+            faults: 0,
+        }
+    }
+
+    /// `name@version` of the plugin.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// How many faults happened on this worker.
+    pub fn faults(&self) -> u64 {
+        self.faults
+    }
+
+    fn live(&mut self) -> Result<&mut Live, Fault> {
+        if self.live.is_none() {
+            let data = HostState::new(
+                self.ctx.clone(),
+                self.label.clone(),
+                self.runtime.config().memory_limit,
+            );
+            let mut store = Store::new(self.runtime.engine(), data);
+            store.limiter(|state| &mut state.limiter);
+            store.set_epoch_deadline(self.runtime.deadline_ticks());
+            let bindings = self.plugin.pre.instantiate(&mut store).map_err(|err| {
+                self.faults += 1;
+                let fault = Fault {
+                    kind: FaultKind::Instantiate,
+                    detail: format!("{err:?}"),
+                };
+                tracing::error!(plugin = %self.label, "cannot instantiate the plugin: {}", fault.detail);
+                fault
+            })?;
+            self.live = Some(Live { store, bindings });
+        }
+        // Just set above when it was empty.
+        self.live.as_mut().ok_or_else(|| Fault {
+            kind: FaultKind::Instantiate,
+            detail: "no instance".into(),
+        })
+    }
+
+    /// Runs one guest call for connection `id` under the deadline, turning a failure into a
+    /// [`Fault`] and discarding the instance.
+    fn call<R>(
+        &mut self,
+        id: ConnectionId,
+        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Fault> {
+        let ticks = self.runtime.deadline_ticks();
+        let live = self.live()?;
+        live.store.data_mut().current = Some(id);
+        live.store.set_epoch_deadline(ticks);
+        let result = f(&live.bindings, &mut live.store);
+        match result {
+            Ok(value) => {
+                live.store.data_mut().current = None;
+                Ok(value)
+            }
+            Err(err) => {
+                let kind = if live.store.data().limiter.hit {
+                    FaultKind::Memory
+                } else if matches!(err.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+                    FaultKind::Deadline
+                } else {
+                    FaultKind::Trap
+                };
+                self.live = None;
+                self.faults += 1;
+                let fault = Fault {
+                    kind,
+                    detail: format!("{err:?}"),
+                };
+                tracing::error!(
+                    plugin = %self.label,
+                    conn = id,
+                    fault = kind.name(),
+                    faults = self.faults,
+                    "plugin fault; instance replaced, closing only this connection: {}",
+                    fault.detail
+                );
+                Err(fault)
+            }
+        }
+    }
+
+    /// Calls `on-open`.
+    pub fn on_open(&mut self, peer: &Peer) -> Result<Result<Option<Vec<u8>>, Refusal>, Fault> {
+        self.call(peer.id, |p, store| p.pier_plugin_handler().call_on_open(store, peer))
+    }
+
+    /// Calls `on-frame`.
+    pub fn on_frame(&mut self, id: ConnectionId, frame: &[u8]) -> Result<Option<Vec<u8>>, Fault> {
+        self.call(id, |p, store| p.pier_plugin_handler().call_on_frame(store, id, frame))
+    }
+
+    /// Calls `on-close`. A fault here is logged (by `call`) and otherwise ignored: the
+    /// connection is gone either way.
+    pub fn on_close(&mut self, id: ConnectionId, reason: CloseReason) {
+        let _ = self.call(id, |p, store| p.pier_plugin_handler().call_on_close(store, id, reason));
+    }
+}
