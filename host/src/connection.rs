@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -17,7 +18,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::framing::{FrameDecoder, Framing};
-use crate::hub::{ConnectionId, Mailbox, PeerInfo, next_connection_id};
+use crate::hub::{ConnectionId, Hub, Mailbox, PeerInfo, next_connection_id};
 use crate::runtime::PluginInstance;
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
@@ -61,6 +62,11 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
         };
         let record = peer_record(&peer);
         let mailbox = listener.hub.register(peer);
+        // Unregisters even if this task unwinds, so the registry never holds a dead entry.
+        let registration = Registration {
+            hub: listener.hub.clone(),
+            id,
+        };
         debug!("connected");
         let mut conn = Connection {
             id,
@@ -89,24 +95,34 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
                     conn.queue_reply(&message);
                 }
                 conn.finish().await;
-                listener.hub.unregister(id);
                 return;
             }
             Err(_fault) => {
                 // Logged by the instance; the plugin never accepted the connection.
                 conn.finish().await;
-                listener.hub.unregister(id);
                 return;
             }
         };
         conn.finish().await;
-        listener.hub.unregister(id);
+        drop(registration);
         debug!(reason = ?reason, "closed");
         conn.instance.borrow_mut().on_close(id, reason);
         drop(permit);
     }
     .instrument(span)
     .await
+}
+
+/// Keeps a connection in its listener's registry for exactly as long as it is served.
+struct Registration {
+    hub: Arc<dyn Hub>,
+    id: ConnectionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(self.id);
+    }
 }
 
 struct Connection {

@@ -171,15 +171,18 @@ impl FrameDecoder {
     /// Called once the client has closed its side: a final unterminated line is still a frame,
     /// but a half-received length-prefixed frame is an error.
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        if let Some(frame) = self.decode(buf)? {
-            return Ok(Some(frame));
+        if let Inner::Lines(codec) = &mut self.inner {
+            // The codec's own `decode_eof` keeps its scan position consistent with `buf`.
+            let limit = self.max_frame;
+            return codec
+                .decode_eof(buf)
+                .map(|line| line.map(strip_cr))
+                .map_err(|_| FrameError::TooLarge { limit });
         }
-        if buf.is_empty() {
-            return Ok(None);
-        }
-        match self.inner {
-            Inner::Lines(_) => Ok(Some(strip_cr(buf.split().freeze()))),
-            _ => Err(FrameError::Truncated {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated {
                 buffered: buf.len(),
             }),
         }
@@ -241,11 +244,22 @@ mod tests {
     fn truncated_length_frame_at_eof_is_an_error_but_a_last_line_is_a_frame() {
         let mut dec = Framing::LengthPrefixed.decoder(16);
         let mut buf = BytesMut::from(&[0, 0, 0, 5, b'a'][..]);
-        assert_eq!(dec.decode_eof(&mut buf), Err(FrameError::Truncated { buffered: 5 }));
+        assert!(matches!(dec.decode_eof(&mut buf), Err(FrameError::Truncated { .. })));
 
         let mut dec = Framing::Lines.decoder(16);
         let mut buf = BytesMut::from(&b"tail\r"[..]);
         assert_eq!(dec.decode_eof(&mut buf).unwrap().as_deref(), Some(&b"tail"[..]));
+    }
+
+    #[test]
+    fn decode_eof_can_be_called_repeatedly_after_a_partial_line() {
+        let mut dec = Framing::Lines.decoder(16);
+        let mut buf = BytesMut::from(&b"a\npartial"[..]);
+        assert_eq!(dec.decode(&mut buf).unwrap().as_deref(), Some(&b"a"[..]));
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert_eq!(dec.decode_eof(&mut buf).unwrap().as_deref(), Some(&b"partial"[..]));
+        assert_eq!(dec.decode_eof(&mut buf).unwrap(), None);
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
     }
 
     #[test]

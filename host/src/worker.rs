@@ -107,6 +107,15 @@ impl WorkerPool {
     }
 }
 
+/// Counts a connection against its worker for as long as it lives.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn worker_main(
     index: usize,
     mut jobs: mpsc::UnboundedReceiver<Job>,
@@ -141,8 +150,9 @@ fn worker_main(
             let load = load.clone();
             let shutdown = shutdown.clone();
             tracker.spawn_local(async move {
+                // Decrements even if the task unwinds (tokio contains a task's panic).
+                let _load = LoadGuard(load);
                 connection::serve(job, instance, shutdown).await;
-                load.fetch_sub(1, Ordering::Relaxed);
             });
         }
         tracker.close();

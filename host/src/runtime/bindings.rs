@@ -7,6 +7,6 @@ wasmtime::component::bindgen!({
     anyhow: true,
 });
 
-pub use exports::pier::plugin::handler::Refusal;
-pub use pier::plugin::connections::SendError;
-pub use pier::plugin::types::{CloseReason, Level, Peer, TlsPeer};
+pub use self::exports::pier::plugin::handler::Refusal;
+pub use self::pier::plugin::connections::SendError;
+pub use self::pier::plugin::types::{CloseReason, Level, Peer, TlsPeer};

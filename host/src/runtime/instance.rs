@@ -46,7 +46,9 @@ impl FaultKind {
 pub struct Fault {
     /// What kind of failure.
     pub kind: FaultKind,
-    /// wasmtime's description, with the guest backtrace when there is one.
+    /// The root cause, e.g. "wasm `unreachable` instruction executed".
+    pub cause: String,
+    /// wasmtime's whole error chain on one line, with the guest backtrace when there is one.
     pub detail: String,
 }
 
@@ -107,10 +109,7 @@ impl PluginInstance {
             store.set_epoch_deadline(self.runtime.deadline_ticks());
             let bindings = self.plugin.pre.instantiate(&mut store).map_err(|err| {
                 self.faults += 1;
-                let fault = Fault {
-                    kind: FaultKind::Instantiate,
-                    detail: format!("{err:?}"),
-                };
+                let fault = Fault::new(FaultKind::Instantiate, &err);
                 tracing::error!(plugin = %self.label, "cannot instantiate the plugin: {}", fault.detail);
                 fault
             })?;
@@ -119,7 +118,8 @@ impl PluginInstance {
         // Just set above when it was empty.
         self.live.as_mut().ok_or_else(|| Fault {
             kind: FaultKind::Instantiate,
-            detail: "no instance".into(),
+            cause: "no instance".into(),
+            detail: String::new(),
         })
     }
 
@@ -150,18 +150,17 @@ impl PluginInstance {
                 };
                 self.live = None;
                 self.faults += 1;
-                let fault = Fault {
-                    kind,
-                    detail: format!("{err:?}"),
-                };
+                let fault = Fault::new(kind, &err);
                 tracing::error!(
                     plugin = %self.label,
                     conn = id,
                     fault = kind.name(),
                     faults = self.faults,
-                    "plugin fault; instance replaced, closing only this connection: {}",
-                    fault.detail
+                    "plugin fault ({}: {}); instance replaced, closing only this connection",
+                    kind.name(),
+                    fault.cause
                 );
+                tracing::debug!(plugin = %self.label, conn = id, "fault detail: {}", fault.detail);
                 Err(fault)
             }
         }
@@ -182,4 +181,24 @@ impl PluginInstance {
     pub fn on_close(&mut self, id: ConnectionId, reason: CloseReason) {
         let _ = self.call(id, |p, store| p.pier_plugin_handler().call_on_close(store, id, reason));
     }
+}
+
+impl Fault {
+    fn new(kind: FaultKind, err: &wasmtime::Error) -> Self {
+        Fault {
+            kind,
+            cause: err.root_cause().to_string(),
+            detail: one_line(err),
+        }
+    }
+}
+
+/// wasmtime's error chain (including the guest backtrace) on one line, so a fault is one log line.
+fn one_line(err: &wasmtime::Error) -> String {
+    format!("{err:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }

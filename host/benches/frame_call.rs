@@ -1,0 +1,44 @@
+//! Per-frame cost of host + guest: one `on-frame` call of the built-in echo plugin on a 16-byte
+//! frame (lowering the frame into guest memory, the guest building `Echo: ` + frame, lifting the
+//! reply back), next to the same work done natively in the same run.
+//!
+//! Run: `cargo bench --bench frame_call` (results in BENCHMARKS.md).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use pier::framing::Framing;
+use pier::listener::ListenerShared;
+use pier::runtime::{PluginInstance, Runtime, RuntimeConfig};
+
+fn native_echo(frame: &[u8]) -> Option<Vec<u8>> {
+    let mut reply = Vec::with_capacity(6 + frame.len());
+    reply.extend_from_slice(b"Echo: ");
+    reply.extend_from_slice(frame);
+    Some(reply)
+}
+
+fn frame_call(c: &mut Criterion) {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let wasm = pier::builtin::find("echo").expect("echo").wasm;
+    let plugin = runtime.load_plugin("echo", wasm).expect("load echo");
+    let shared = ListenerShared::new("bench", Framing::Raw, 1 << 20, 64, plugin.clone());
+    let mut instance = PluginInstance::new(runtime, plugin, shared.ctx.clone());
+    let frame = [b'x'; 16];
+
+    let mut group = c.benchmark_group("echo 16 B frame");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("pier wasm on-frame", |b| {
+        b.iter(|| instance.on_frame(1, black_box(&frame)).expect("no fault"))
+    });
+    group.bench_function("native baseline", |b| b.iter(|| native_echo(black_box(&frame))));
+    group.finish();
+}
+
+criterion_group!(benches, frame_call);
+criterion_main!(benches);

@@ -1,0 +1,397 @@
+//! The `pier` binary end to end: `serve` on port 0 with the address read from stderr, `send`,
+//! `check`, start-up errors, SIGTERM draining, and real third-party clients (a plain Python
+//! socket and kn-sock from PyPI).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PIER: &str = env!("CARGO_BIN_EXE_pier");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn pier() -> Command {
+    let mut cmd = Command::new(PIER);
+    cmd.env("PIER_CACHE_DIR", tmp().join("pier-cache"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A running `pier serve`, killed on drop.
+struct Served {
+    child: Child,
+    addr: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    fn start(args: &[&str]) -> Served {
+        let mut child = pier()
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pier serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.strip_prefix("pier: listening on ") {
+                        let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                        let _ = tx.send((addr, line.clone()));
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (addr, line) = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("pier did not report its address; stderr: {:?}", lines.lock().unwrap()));
+        assert!(line.contains("(plugin "), "{line}");
+        Served {
+            child,
+            addr,
+            stderr: lines,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "pier did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run pier")
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn serve_with_no_plugin_runs_the_embedded_echo_and_pier_send_gets_the_reply() {
+    let served = Served::start(&["--listen", "127.0.0.1:0"]);
+    let out = run(pier().args(["send", &served.addr, "Hello TCP"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: Hello TCP\n");
+
+    let out = run(pier().args(["send", &served.addr, "--hex", "00ff10"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}00ff10\n", hex(b"Echo: ")));
+
+    let mut child = pier()
+        .args(["send", &served.addr, "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"from stdin").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: from stdin\n");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn serve_with_lines_and_length_prefixed_framing_by_flag() {
+    for framing in ["lines", "length-prefixed"] {
+        let served = Served::start(&["echo", "--listen", "127.0.0.1:0", "--framing", framing]);
+        let out = run(pier().args(["send", &served.addr, "framed", "--framing", framing]));
+        assert!(out.status.success(), "{framing}: {}", stderr_of(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: framed\n");
+    }
+}
+
+#[test]
+fn a_plain_python_client_sending_once_and_reading_once_gets_the_echo() {
+    let served = Served::start(&["--listen", "127.0.0.1:0"]);
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}), timeout=10)\n\
+         s.sendall(b'Hello from Python')\n\
+         print(s.recv(1024).decode())\n",
+        port = served.port()
+    );
+    let out = run(Command::new("python3").args(["-c", &script]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: Hello from Python\n");
+}
+
+/// A virtualenv with kn-sock 0.3.0 from PyPI. The library needs only `--no-deps kn-sock` plus
+/// `requests`; its CLI needs the full install, whose pyaudio dependency builds only where
+/// Debian's portaudio19-dev is installed (`.ci/run` installs it). Returns whether the CLI works.
+fn kn_sock_venv() -> (PathBuf, bool) {
+    let venv = tmp().join("knsock-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
+        assert!(ok.success(), "python3 -m venv failed");
+    }
+    let pip = |args: &[&str]| {
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success()
+    };
+    let has_lib = Command::new(&python)
+        .args(["-c", "import kn_sock"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if !has_lib {
+        assert!(pip(&["--no-deps", "kn-sock==0.3.0"]), "pip install kn-sock failed");
+        assert!(pip(&["requests"]), "pip install requests failed");
+    }
+    let cli = venv.join("bin/kn-sock");
+    let cli_works = |cli: &Path| {
+        Command::new(cli)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if cli_works(&cli) {
+        return (venv, true);
+    }
+    let full = pip(&["kn-sock==0.3.0"]);
+    if std::env::var_os("CI").is_some() {
+        assert!(full, "CI must be able to install kn-sock's CLI (needs portaudio19-dev)");
+    }
+    (venv.clone(), full && cli_works(&cli))
+}
+
+#[test]
+fn kn_sock_clients_get_the_echo() {
+    let (venv, cli) = kn_sock_venv();
+    let served = Served::start(&["--listen", "127.0.0.1:0"]);
+    let script = format!(
+        "import logging, sys\n\
+         logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n\
+         from kn_sock import send_tcp_message\n\
+         send_tcp_message('127.0.0.1', {port}, 'Hello TCP')\n",
+        port = served.port()
+    );
+    let out = run(Command::new(venv.join("bin/python")).args(["-c", &script]));
+    let log = stderr_of(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("[TCP] Server response: Echo: Hello TCP"), "{log}");
+
+    if cli {
+        let out = run(Command::new(venv.join("bin/kn-sock")).args([
+            "send-tcp",
+            "127.0.0.1",
+            &served.port().to_string(),
+            "Hello TCP",
+        ]));
+        let log = format!("{}{}", stderr_of(&out), String::from_utf8_lossy(&out.stdout));
+        assert!(log.contains("Echo: Hello TCP"), "{log}");
+    } else {
+        eprintln!("kn-sock's CLI is not installable here (no portaudio19-dev); tested its library only");
+    }
+}
+
+#[test]
+fn send_failures_are_one_line_and_non_zero() {
+    // Nothing listens on a port we just released.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = run(pier().args(["send", &format!("127.0.0.1:{port}"), "x"]));
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("connection refused"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // A server that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = run(pier().args(["send", &addr, "x", "--timeout", "300ms"]));
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("no reply from") && err.contains("300ms"), "{err}");
+    drop(silent);
+}
+
+fn serve_error(args: &[&str]) -> String {
+    let out = run(pier().arg("serve").args(args));
+    assert!(!out.status.success(), "pier serve {args:?} should fail");
+    let err = stderr_of(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("pier: ")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn start_up_errors_are_one_clear_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_eq!(
+        serve_error(&["--listen", &addr]),
+        format!("pier: address {addr} is already in use")
+    );
+
+    let line = serve_error(&["/nonexistent/handler.wasm"]);
+    assert!(line.contains("plugin file /nonexistent/handler.wasm does not exist"), "{line}");
+
+    let line = serve_error(&["nosuchplugin"]);
+    assert!(line.contains("no plugin file or built-in plugin named `nosuchplugin`"), "{line}");
+
+    let dir = tmp().join("bad-plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("text.wasm");
+    std::fs::write(&text, "hello, not wasm").unwrap();
+    let line = serve_error(&[text.to_str().unwrap()]);
+    assert!(line.contains("not a WebAssembly file"), "{line}");
+
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let line = serve_error(&[core.to_str().unwrap()]);
+    assert!(line.contains("core WebAssembly module, not a component"), "{line}");
+
+    // A valid but empty component: no exports at all.
+    let empty = dir.join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+    let line = serve_error(&[empty.to_str().unwrap()]);
+    assert!(line.contains("does not export `pier:plugin/handler@0.1.0`"), "{line}");
+
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x0d\0\x01\0\xff\xff\xff").unwrap();
+    let line = serve_error(&[garbage.to_str().unwrap()]);
+    assert!(line.contains("not a valid WebAssembly component"), "{line}");
+}
+
+#[test]
+fn check_reports_fit_imports_and_exports() {
+    let out = run(pier().args(["check", "echo"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fits pier:plugin/plugin@0.1.0"), "{text}");
+    assert!(text.contains("pier:plugin/handler@0.1.0"), "{text}");
+
+    let faulty = pier::builtin::guest_path("pier_faulty.wasm");
+    let out = run(pier().args(["check", faulty.to_str().unwrap()]));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pier:plugin/log@0.1.0  (provided by pier)"), "{text}");
+
+    let dir = tmp().join("bad-plugins-check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+    let out = run(pier().args(["check", empty.to_str().unwrap()]));
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("does not export"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn faults_are_logged_with_plugin_and_connection_and_the_server_keeps_serving() {
+    let faulty = pier::builtin::guest_path("pier_faulty.wasm");
+    let served = Served::start(&[
+        faulty.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--call-deadline",
+        "200ms",
+    ]);
+    let out = run(pier().args(["send", &served.addr, "loop"]));
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("closed the connection without replying"));
+    let out = run(pier().args(["send", &served.addr, "ok"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: ok\n");
+    let deadline = Instant::now() + WAIT;
+    while !served.log().contains("fault=\"deadline\"") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = served.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("plugin fault"))
+        .unwrap_or_else(|| panic!("no fault line in:\n{log}"));
+    assert!(line.contains("pier_faulty.wasm@") && line.contains("conn="), "{line}");
+    assert!(line.contains("fault=\"deadline\""), "{line}");
+    // The guest's own log call appears tagged with the plugin.
+    assert!(log.contains("entering an endless loop"), "{log}");
+}
+
+#[test]
+fn sigterm_drains_every_owed_reply_then_exits_cleanly() {
+    let mut served = Served::start(&["--listen", "127.0.0.1:0", "--framing", "lines"]);
+    let frames_per_client = 20_000;
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let mut stream = TcpStream::connect(&served.addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut wire = Vec::new();
+        for i in 0..frames_per_client {
+            wire.extend_from_slice(format!("client {c} frame {i:06}\n").as_bytes());
+        }
+        // Written but not read: replies pile up in the server's write path.
+        stream.write_all(&wire).unwrap();
+        clients.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    served.signal("TERM");
+    for (c, stream) in clients.iter_mut().enumerate() {
+        let mut replies = String::new();
+        stream.read_to_string(&mut replies).expect("replies, then EOF");
+        let lines: Vec<&str> = replies.lines().collect();
+        assert_eq!(lines.len(), frames_per_client, "client {c} got every owed reply");
+        assert_eq!(lines[0], format!("Echo: client {c} frame 000000"));
+        assert_eq!(
+            lines[frames_per_client - 1],
+            format!("Echo: client {c} frame {:06}", frames_per_client - 1)
+        );
+    }
+    let status = served.wait_exit();
+    assert!(status.success(), "exit status {status:?}; log:\n{}", served.log());
+    assert!(served.log().contains("SIGTERM received"));
+    // New connections are refused once it is gone.
+    assert!(TcpStream::connect(&served.addr).is_err());
+}

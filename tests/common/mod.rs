@@ -1,0 +1,205 @@
+//! Helpers shared by the integration tests: an in-process pier on 127.0.0.1:0 and framed
+//! clients over real sockets. Every wait is bounded so a broken server fails a test instead of
+//! hanging it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pier::framing::Framing;
+use pier::listener::ListenerShared;
+use pier::runtime::{Runtime, RuntimeConfig};
+use pier::server::{self, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound on any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The built-in echo plugin.
+pub fn echo_wasm() -> Vec<u8> {
+    pier::builtin::find("echo").expect("echo is built in").wasm.to_vec()
+}
+
+/// The misbehaving test plugin (see guests/faulty).
+pub fn faulty_wasm() -> Vec<u8> {
+    std::fs::read(pier::builtin::guest_path("pier_faulty.wasm")).expect("the build produced pier_faulty.wasm")
+}
+
+/// A runtime with a short call deadline, shared by the tests of one binary.
+pub fn runtime() -> Arc<Runtime> {
+    static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RT.get_or_init(|| {
+        Runtime::new(RuntimeConfig {
+            call_deadline: Duration::from_millis(300),
+            memory_limit: 32 * 1024 * 1024,
+            cache_dir: Some(std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pier-cache")),
+            max_instances: 128,
+        })
+        .expect("runtime")
+    })
+    .clone()
+}
+
+/// How to start a test server.
+pub struct Options {
+    /// Framing of the listener.
+    pub framing: Framing,
+    /// Frame limit.
+    pub max_frame: usize,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            framing: Framing::Lines,
+            max_frame: 1024 * 1024,
+            workers: 2,
+        }
+    }
+}
+
+/// A pier server running inside the test process.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its framing, so clients can match it.
+    pub framing: Framing,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Loads `wasm` and serves it on 127.0.0.1:0.
+    pub async fn start(wasm: &[u8], opts: Options) -> TestServer {
+        let runtime = runtime();
+        let plugin = runtime.load_plugin("test", wasm).expect("plugin loads");
+        let shared = ListenerShared::new("test", opts.framing, opts.max_frame, 64, plugin);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let config = ServerConfig {
+            max_connections: 10_000,
+            workers: opts.workers,
+            drain_timeout: Duration::from_secs(5),
+        };
+        let task = tokio::spawn(server::run(listener, shared, runtime, config, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            framing: opts.framing,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// A new client connection.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr, self.framing).await
+    }
+
+    /// Shuts the server down and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+/// A framed client over a real socket.
+pub struct Client {
+    /// The socket.
+    pub stream: TcpStream,
+    framing: Framing,
+    buf: BytesMut,
+}
+
+impl Client {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr, framing: Framing) -> Client {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            framing,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Encodes `frame` with the client's framing.
+    pub fn encode(&self, frame: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        self.framing.encode(frame, &mut out).expect("encode");
+        out.to_vec()
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &[u8]) {
+        let bytes = self.encode(frame);
+        self.stream.write_all(&bytes).await.expect("write");
+    }
+
+    /// Writes raw bytes.
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads the next frame; `None` if the server closed the connection (or reset it).
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        let mut decoder = self.framing.decoder(64 * 1024 * 1024);
+        loop {
+            if let Some(frame) = decoder.decode(&mut self.buf).expect("valid reply framing") {
+                return Some(frame.to_vec());
+            }
+            self.buf.reserve(64 * 1024);
+            let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("reply or close in time");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends a frame and returns the reply.
+    pub async fn ask(&mut self, frame: &[u8]) -> Vec<u8> {
+        self.send(frame).await;
+        self.recv().await.expect("a reply")
+    }
+
+    /// Waits until the server closes this connection; true if it did.
+    pub async fn closed_by_server(&mut self) -> bool {
+        let mut scratch = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// `Echo: ` + frame.
+pub fn echoed(frame: &[u8]) -> Vec<u8> {
+    let mut v = b"Echo: ".to_vec();
+    v.extend_from_slice(frame);
+    v
+}
