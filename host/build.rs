@@ -14,8 +14,12 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ lives inside the repository").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir
+        .parent()
+        .expect("host/ lives inside the repository")
+        .to_path_buf();
     let guests = root.join("guests");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
 
@@ -24,7 +28,14 @@ fn main() {
 
     let target_dir = out_dir.join("guests-target");
     let status = guest_cargo()
-        .args(["build", "--release", "--locked", "--target", TARGET, "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "--manifest-path",
+        ])
         .arg(guests.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target_dir)
         .status()
@@ -83,13 +94,17 @@ fn ensure_target_installed() {
     if installed {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
+    println!(
+        "cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)"
+    );
     let ok = Command::new("rustup")
         .args(["target", "add", TARGET])
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        panic!("the {TARGET} target is missing and `rustup target add {TARGET}` failed; run it by hand");
+        panic!(
+            "the {TARGET} target is missing and `rustup target add {TARGET}` failed; run it by hand"
+        );
     }
 }
 
@@ -97,12 +112,21 @@ fn ensure_target_installed() {
 /// may have built inside `guests/target`).
 fn watch_sources(root: &Path, guests: &Path) {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    println!("cargo:rerun-if-changed={}", guests.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", guests.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests.join("Cargo.lock").display()
+    );
     for entry in fs::read_dir(guests).expect("read guests/") {
         let path = entry.expect("read a directory entry").path();
         if path.join("Cargo.toml").exists() {
-            println!("cargo:rerun-if-changed={}", path.join("Cargo.toml").display());
+            println!(
+                "cargo:rerun-if-changed={}",
+                path.join("Cargo.toml").display()
+            );
             println!("cargo:rerun-if-changed={}", path.join("src").display());
         }
     }

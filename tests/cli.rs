@@ -50,16 +50,23 @@ impl Served {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     if let Some(rest) = line.strip_prefix("pier: listening on ") {
-                        let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                        let addr = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
                         let _ = tx.send((addr, line.clone()));
                     }
                     lines.lock().unwrap().push(line);
                 }
             });
         }
-        let (addr, line) = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("pier did not report its address; stderr: {:?}", lines.lock().unwrap()));
+        let (addr, line) = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "pier did not report its address; stderr: {:?}",
+                lines.lock().unwrap()
+            )
+        });
         assert!(line.contains("(plugin "), "{line}");
         Served {
             child,
@@ -90,7 +97,11 @@ impl Served {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "pier did not exit; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "pier did not exit; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -120,7 +131,10 @@ fn serve_with_no_plugin_runs_the_embedded_echo_and_pier_send_gets_the_reply() {
 
     let out = run(pier().args(["send", &served.addr, "--hex", "00ff10"]));
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}00ff10\n", hex(b"Echo: ")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}00ff10\n", hex(b"Echo: "))
+    );
 
     let mut child = pier()
         .args(["send", &served.addr, "--stdin"])
@@ -128,7 +142,12 @@ fn serve_with_no_plugin_runs_the_embedded_echo_and_pier_send_gets_the_reply() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"from stdin").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: from stdin\n");
 }
@@ -159,7 +178,10 @@ fn a_plain_python_client_sending_once_and_reading_once_gets_the_echo() {
     );
     let out = run(Command::new("python3").args(["-c", &script]));
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: Hello from Python\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Echo: Hello from Python\n"
+    );
 }
 
 /// A virtualenv with kn-sock 0.3.0 from PyPI. The library needs only `--no-deps kn-sock` plus
@@ -169,12 +191,22 @@ fn kn_sock_venv() -> (PathBuf, bool) {
     let venv = tmp().join("knsock-venv");
     let python = venv.join("bin/python");
     if !python.exists() {
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
         assert!(ok.success(), "python3 -m venv failed");
     }
     let pip = |args: &[&str]| {
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .args(args)
             .status()
             .unwrap()
@@ -187,7 +219,10 @@ fn kn_sock_venv() -> (PathBuf, bool) {
         .unwrap()
         .success();
     if !has_lib {
-        assert!(pip(&["--no-deps", "kn-sock==0.3.0"]), "pip install kn-sock failed");
+        assert!(
+            pip(&["--no-deps", "kn-sock==0.3.0"]),
+            "pip install kn-sock failed"
+        );
         assert!(pip(&["requests"]), "pip install requests failed");
     }
     let cli = venv.join("bin/kn-sock");
@@ -204,7 +239,10 @@ fn kn_sock_venv() -> (PathBuf, bool) {
     }
     let full = pip(&["kn-sock==0.3.0"]);
     if std::env::var_os("CI").is_some() {
-        assert!(full, "CI must be able to install kn-sock's CLI (needs portaudio19-dev)");
+        assert!(
+            full,
+            "CI must be able to install kn-sock's CLI (needs portaudio19-dev)"
+        );
     }
     (venv.clone(), full && cli_works(&cli))
 }
@@ -223,7 +261,10 @@ fn kn_sock_clients_get_the_echo() {
     let out = run(Command::new(venv.join("bin/python")).args(["-c", &script]));
     let log = stderr_of(&out);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("[TCP] Server response: Echo: Hello TCP"), "{log}");
+    assert!(
+        log.contains("[TCP] Server response: Echo: Hello TCP"),
+        "{log}"
+    );
 
     if cli {
         let out = run(Command::new(venv.join("bin/kn-sock")).args([
@@ -232,17 +273,27 @@ fn kn_sock_clients_get_the_echo() {
             &served.port().to_string(),
             "Hello TCP",
         ]));
-        let log = format!("{}{}", stderr_of(&out), String::from_utf8_lossy(&out.stdout));
+        let log = format!(
+            "{}{}",
+            stderr_of(&out),
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert!(log.contains("Echo: Hello TCP"), "{log}");
     } else {
-        eprintln!("kn-sock's CLI is not installable here (no portaudio19-dev); tested its library only");
+        eprintln!(
+            "kn-sock's CLI is not installable here (no portaudio19-dev); tested its library only"
+        );
     }
 }
 
 #[test]
 fn send_failures_are_one_line_and_non_zero() {
     // Nothing listens on a port we just released.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = run(pier().args(["send", &format!("127.0.0.1:{port}"), "x"]));
     assert!(!out.status.success());
     let err = stderr_of(&out);
@@ -255,7 +306,10 @@ fn send_failures_are_one_line_and_non_zero() {
     let out = run(pier().args(["send", &addr, "x", "--timeout", "300ms"]));
     assert!(!out.status.success());
     let err = stderr_of(&out);
-    assert!(err.contains("no reply from") && err.contains("300ms"), "{err}");
+    assert!(
+        err.contains("no reply from") && err.contains("300ms"),
+        "{err}"
+    );
     drop(silent);
 }
 
@@ -278,10 +332,16 @@ fn start_up_errors_are_one_clear_line() {
     );
 
     let line = serve_error(&["/nonexistent/handler.wasm"]);
-    assert!(line.contains("plugin file /nonexistent/handler.wasm does not exist"), "{line}");
+    assert!(
+        line.contains("plugin file /nonexistent/handler.wasm does not exist"),
+        "{line}"
+    );
 
     let line = serve_error(&["nosuchplugin"]);
-    assert!(line.contains("no plugin file or built-in plugin named `nosuchplugin`"), "{line}");
+    assert!(
+        line.contains("no plugin file or built-in plugin named `nosuchplugin`"),
+        "{line}"
+    );
 
     let dir = tmp().join("bad-plugins");
     std::fs::create_dir_all(&dir).unwrap();
@@ -293,13 +353,19 @@ fn start_up_errors_are_one_clear_line() {
     let core = dir.join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let line = serve_error(&[core.to_str().unwrap()]);
-    assert!(line.contains("core WebAssembly module, not a component"), "{line}");
+    assert!(
+        line.contains("core WebAssembly module, not a component"),
+        "{line}"
+    );
 
     // A valid but empty component: no exports at all.
     let empty = dir.join("empty.wasm");
     std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
     let line = serve_error(&[empty.to_str().unwrap()]);
-    assert!(line.contains("does not export `pier:plugin/handler@0.1.0`"), "{line}");
+    assert!(
+        line.contains("does not export `pier:plugin/handler@0.1.0`"),
+        "{line}"
+    );
 
     let garbage = dir.join("garbage.wasm");
     std::fs::write(&garbage, b"\0asm\x0d\0\x01\0\xff\xff\xff").unwrap();
@@ -319,7 +385,10 @@ fn check_reports_fit_imports_and_exports() {
     let out = run(pier().args(["check", faulty.to_str().unwrap()]));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("pier:plugin/log@0.1.0  (provided by pier)"), "{text}");
+    assert!(
+        text.contains("pier:plugin/log@0.1.0  (provided by pier)"),
+        "{text}"
+    );
 
     let dir = tmp().join("bad-plugins-check");
     std::fs::create_dir_all(&dir).unwrap();
@@ -327,7 +396,11 @@ fn check_reports_fit_imports_and_exports() {
     std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
     let out = run(pier().args(["check", empty.to_str().unwrap()]));
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("does not export"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("does not export"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]
@@ -354,7 +427,10 @@ fn faults_are_logged_with_plugin_and_connection_and_the_server_keeps_serving() {
         .lines()
         .find(|l| l.contains("plugin fault"))
         .unwrap_or_else(|| panic!("no fault line in:\n{log}"));
-    assert!(line.contains("pier_faulty.wasm@") && line.contains("conn="), "{line}");
+    assert!(
+        line.contains("pier_faulty.wasm@") && line.contains("conn="),
+        "{line}"
+    );
     assert!(line.contains("fault=\"deadline\""), "{line}");
     // The guest's own log call appears tagged with the plugin.
     assert!(log.contains("entering an endless loop"), "{log}");
@@ -380,9 +456,15 @@ fn sigterm_drains_every_owed_reply_then_exits_cleanly() {
     served.signal("TERM");
     for (c, stream) in clients.iter_mut().enumerate() {
         let mut replies = String::new();
-        stream.read_to_string(&mut replies).expect("replies, then EOF");
+        stream
+            .read_to_string(&mut replies)
+            .expect("replies, then EOF");
         let lines: Vec<&str> = replies.lines().collect();
-        assert_eq!(lines.len(), frames_per_client, "client {c} got every owed reply");
+        assert_eq!(
+            lines.len(),
+            frames_per_client,
+            "client {c} got every owed reply"
+        );
         assert_eq!(lines[0], format!("Echo: client {c} frame 000000"));
         assert_eq!(
             lines[frames_per_client - 1],
@@ -390,7 +472,11 @@ fn sigterm_drains_every_owed_reply_then_exits_cleanly() {
         );
     }
     let status = served.wait_exit();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", served.log());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        served.log()
+    );
     assert!(served.log().contains("SIGTERM received"));
     // New connections are refused once it is gone.
     assert!(TcpStream::connect(&served.addr).is_err());

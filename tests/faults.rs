@@ -31,7 +31,10 @@ async fn only_the_offender_is_closed(magic: &[u8]) {
     wire.extend(offender.encode(b"never answered"));
     offender.write_raw(&wire).await;
     assert_eq!(offender.recv().await.unwrap(), b"Echo: first");
-    assert!(offender.closed_by_server().await, "the offending connection is closed");
+    assert!(
+        offender.closed_by_server().await,
+        "the offending connection is closed"
+    );
 
     // Same worker, so this runs on the replacement instance.
     assert_eq!(bystander.ask(b"after").await, b"Echo: after");
@@ -66,10 +69,15 @@ async fn repeated_faults_keep_being_recovered() {
     let mut bystander = server.client().await;
     for round in 0..10 {
         let mut offender = server.client().await;
-        offender.send(if round % 2 == 0 { b"trap" } else { b"loop" }).await;
+        offender
+            .send(if round % 2 == 0 { b"trap" } else { b"loop" })
+            .await;
         assert!(offender.closed_by_server().await);
         let msg = format!("round {round}");
-        assert_eq!(bystander.ask(msg.as_bytes()).await, common::echoed(msg.as_bytes()));
+        assert_eq!(
+            bystander.ask(msg.as_bytes()).await,
+            common::echoed(msg.as_bytes())
+        );
     }
     server.stop().await;
 }

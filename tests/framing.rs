@@ -70,7 +70,11 @@ async fn a_frame_sent_one_byte_at_a_time_is_one_frame() {
             client.write_raw(&[byte]).await;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(client.recv().await.unwrap(), b"Echo: slowly but surely", "{framing}");
+        assert_eq!(
+            client.recv().await.unwrap(),
+            b"Echo: slowly but surely",
+            "{framing}"
+        );
         server.stop().await;
     }
 }
@@ -85,7 +89,10 @@ async fn many_frames_in_one_write_all_answered_in_order() {
     }
     client.write_raw(&wire).await;
     for i in 0..500 {
-        assert_eq!(client.recv().await.unwrap(), echoed(format!("frame {i}").as_bytes()));
+        assert_eq!(
+            client.recv().await.unwrap(),
+            echoed(format!("frame {i}").as_bytes())
+        );
     }
     server.stop().await;
 }
@@ -107,14 +114,20 @@ async fn oversized_length_prefix_closes_only_that_connection_without_allocating(
     let mut bad = server.client().await;
     // Claims 4 GiB: must be refused from the header alone.
     bad.write_raw(&0xFFFF_FFFFu32.to_be_bytes()).await;
-    assert!(bad.closed_by_server().await, "an oversized prefix closes the connection");
+    assert!(
+        bad.closed_by_server().await,
+        "an oversized prefix closes the connection"
+    );
 
     let mut just_over = server.client().await;
     just_over.send(&vec![b'x'; 1025]).await;
     assert!(just_over.closed_by_server().await);
 
     let mut at_limit = server.client().await;
-    assert_eq!(at_limit.ask(&vec![b'y'; 1024]).await, echoed(&vec![b'y'; 1024]));
+    assert_eq!(
+        at_limit.ask(&vec![b'y'; 1024]).await,
+        echoed(&vec![b'y'; 1024])
+    );
     assert_eq!(bystander.ask(b"after").await, b"Echo: after");
     server.stop().await;
 }
@@ -176,7 +189,10 @@ async fn two_hundred_concurrent_clients_each_get_their_own_replies_in_order() {
                 }
             }
             client.stream.shutdown().await.unwrap();
-            assert!(client.recv().await.is_none(), "server closes after the client's FIN");
+            assert!(
+                client.recv().await.is_none(),
+                "server closes after the client's FIN"
+            );
         }));
     }
     for t in tasks {

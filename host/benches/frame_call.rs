@@ -36,7 +36,9 @@ fn frame_call(c: &mut Criterion) {
     group.bench_function("pier wasm on-frame", |b| {
         b.iter(|| instance.on_frame(1, black_box(&frame)).expect("no fault"))
     });
-    group.bench_function("native baseline", |b| b.iter(|| native_echo(black_box(&frame))));
+    group.bench_function("native baseline", |b| {
+        b.iter(|| native_echo(black_box(&frame)))
+    });
     group.finish();
 }
 

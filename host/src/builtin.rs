@@ -35,7 +35,11 @@ pub fn find(name: &str) -> Option<&'static Builtin> {
 
 /// The names of the built-in plugins, for error messages.
 pub fn names() -> String {
-    BUILTINS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+    BUILTINS
+        .iter()
+        .map(|b| b.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Where the build put every guest component, including test-only ones such as

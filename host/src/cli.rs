@@ -228,7 +228,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         cache_dir: if args.no_cache {
             None
         } else {
-            args.cache_dir.clone().or_else(crate::runtime::cache::ArtifactCache::default_dir)
+            args.cache_dir
+                .clone()
+                .or_else(crate::runtime::cache::ArtifactCache::default_dir)
         },
         ..RuntimeConfig::default()
     })?;
@@ -259,7 +261,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let listener = bind(&args.listen).await?;
-        let addr = listener.local_addr().context("cannot read the bound address")?;
+        let addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
         eprintln!(
             "pier: listening on {addr} (plugin {}, framing {framing})",
             plugin.name
@@ -278,20 +282,27 @@ async fn bind(listen: &str) -> Result<TcpListener> {
             .and_then(|mut addrs| addrs.next())
             .ok_or_else(|| anyhow!("cannot resolve listen address `{listen}`"))?,
     };
-    TcpListener::bind(addr).await.map_err(|err| match err.kind() {
-        std::io::ErrorKind::AddrInUse => anyhow!("address {addr} is already in use"),
-        std::io::ErrorKind::PermissionDenied => {
-            anyhow!("permission denied binding {addr} (ports below 1024 need privileges)")
-        }
-        std::io::ErrorKind::AddrNotAvailable => anyhow!("address {addr} is not available on this machine"),
-        _ => anyhow!("cannot listen on {addr}: {err}"),
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::AddrInUse => anyhow!("address {addr} is already in use"),
+            std::io::ErrorKind::PermissionDenied => {
+                anyhow!("permission denied binding {addr} (ports below 1024 need privileges)")
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                anyhow!("address {addr} is not available on this machine")
+            }
+            _ => anyhow!("cannot listen on {addr}: {err}"),
+        })
 }
 
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop pier with SIGKILL");
         return std::future::pending().await;
     };
@@ -305,7 +316,9 @@ async fn shutdown_signal() {
 fn send(args: SendArgs) -> Result<()> {
     let message: Vec<u8> = if args.stdin {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read standard input")?;
         buf
     } else {
         args.message.clone().unwrap_or_default().into_bytes()

@@ -226,8 +226,14 @@ mod tests {
     fn length_prefix_above_limit_is_rejected_from_the_header() {
         let mut dec = Framing::LengthPrefixed.decoder(1024);
         let mut buf = BytesMut::from(&0xFFFF_FFF0u32.to_be_bytes()[..]);
-        assert_eq!(dec.decode(&mut buf), Err(FrameError::TooLarge { limit: 1024 }));
-        assert!(buf.capacity() < 1 << 20, "must not reserve the claimed size");
+        assert_eq!(
+            dec.decode(&mut buf),
+            Err(FrameError::TooLarge { limit: 1024 })
+        );
+        assert!(
+            buf.capacity() < 1 << 20,
+            "must not reserve the claimed size"
+        );
     }
 
     #[test]
@@ -244,11 +250,17 @@ mod tests {
     fn truncated_length_frame_at_eof_is_an_error_but_a_last_line_is_a_frame() {
         let mut dec = Framing::LengthPrefixed.decoder(16);
         let mut buf = BytesMut::from(&[0, 0, 0, 5, b'a'][..]);
-        assert!(matches!(dec.decode_eof(&mut buf), Err(FrameError::Truncated { .. })));
+        assert!(matches!(
+            dec.decode_eof(&mut buf),
+            Err(FrameError::Truncated { .. })
+        ));
 
         let mut dec = Framing::Lines.decoder(16);
         let mut buf = BytesMut::from(&b"tail\r"[..]);
-        assert_eq!(dec.decode_eof(&mut buf).unwrap().as_deref(), Some(&b"tail"[..]));
+        assert_eq!(
+            dec.decode_eof(&mut buf).unwrap().as_deref(),
+            Some(&b"tail"[..])
+        );
     }
 
     #[test]
@@ -257,7 +269,10 @@ mod tests {
         let mut buf = BytesMut::from(&b"a\npartial"[..]);
         assert_eq!(dec.decode(&mut buf).unwrap().as_deref(), Some(&b"a"[..]));
         assert_eq!(dec.decode(&mut buf).unwrap(), None);
-        assert_eq!(dec.decode_eof(&mut buf).unwrap().as_deref(), Some(&b"partial"[..]));
+        assert_eq!(
+            dec.decode_eof(&mut buf).unwrap().as_deref(),
+            Some(&b"partial"[..])
+        );
         assert_eq!(dec.decode_eof(&mut buf).unwrap(), None);
         assert_eq!(dec.decode(&mut buf).unwrap(), None);
     }

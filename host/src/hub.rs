@@ -218,13 +218,25 @@ mod tests {
     fn send_reports_each_failure_kind() {
         let hub = LocalHub::new(1, 4);
         let mut mb = hub.register(peer(1));
-        assert_eq!(hub.send(2, Bytes::from_static(b"x")), Err(SendError::UnknownConnection));
-        assert_eq!(hub.send(1, Bytes::from_static(b"12345")), Err(SendError::FrameTooLarge));
+        assert_eq!(
+            hub.send(2, Bytes::from_static(b"x")),
+            Err(SendError::UnknownConnection)
+        );
+        assert_eq!(
+            hub.send(1, Bytes::from_static(b"12345")),
+            Err(SendError::FrameTooLarge)
+        );
         assert_eq!(hub.send(1, Bytes::from_static(b"a")), Ok(()));
-        assert_eq!(hub.send(1, Bytes::from_static(b"b")), Err(SendError::QueueFull));
+        assert_eq!(
+            hub.send(1, Bytes::from_static(b"b")),
+            Err(SendError::QueueFull)
+        );
         assert_eq!(mb.frames.try_recv().unwrap(), Bytes::from_static(b"a"));
         assert!(hub.close(1));
-        assert_eq!(hub.send(1, Bytes::from_static(b"c")), Err(SendError::Closing));
+        assert_eq!(
+            hub.send(1, Bytes::from_static(b"c")),
+            Err(SendError::Closing)
+        );
         hub.unregister(1);
         assert!(!hub.close(1));
     }

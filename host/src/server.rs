@@ -102,7 +102,10 @@ pub async fn run(
     signals.drain.cancel();
     let joined = tokio::task::spawn_blocking(move || pool.join());
     tokio::pin!(joined);
-    if tokio::time::timeout(config.drain_timeout, &mut joined).await.is_err() {
+    if tokio::time::timeout(config.drain_timeout, &mut joined)
+        .await
+        .is_err()
+    {
         warn!("drain deadline passed; dropping the remaining connections");
         signals.force.cancel();
         if let Err(err) = joined.await {

@@ -5,8 +5,8 @@
 //! This is the thread-per-core model DESIGN.md measured: the same throughput as an instance per
 //! connection at a sixth of the memory, and no per-connection instance ceiling.
 
-use std::collections::HashMap;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,7 +79,11 @@ impl WorkerPool {
 
     /// Hands a connection to the worker with the fewest open connections.
     pub fn dispatch(&self, job: Job) {
-        let Some(worker) = self.workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)) else {
+        let Some(worker) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+        else {
             return;
         };
         worker.load.fetch_add(1, Ordering::Relaxed);
@@ -123,7 +127,10 @@ fn worker_main(
     runtime: Arc<Runtime>,
     shutdown: Shutdown,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             tracing::error!(worker = index, "cannot start the worker's runtime: {err}");

@@ -23,12 +23,16 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The built-in echo plugin.
 pub fn echo_wasm() -> Vec<u8> {
-    pier::builtin::find("echo").expect("echo is built in").wasm.to_vec()
+    pier::builtin::find("echo")
+        .expect("echo is built in")
+        .wasm
+        .to_vec()
 }
 
 /// The misbehaving test plugin (see guests/faulty).
 pub fn faulty_wasm() -> Vec<u8> {
-    std::fs::read(pier::builtin::guest_path("pier_faulty.wasm")).expect("the build produced pier_faulty.wasm")
+    std::fs::read(pier::builtin::guest_path("pier_faulty.wasm"))
+        .expect("the build produced pier_faulty.wasm")
 }
 
 /// A runtime with a short call deadline, shared by the tests of one binary.
@@ -38,7 +42,9 @@ pub fn runtime() -> Arc<Runtime> {
         Runtime::new(RuntimeConfig {
             call_deadline: Duration::from_millis(300),
             memory_limit: 32 * 1024 * 1024,
-            cache_dir: Some(std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pier-cache")),
+            cache_dir: Some(
+                std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pier-cache"),
+            ),
             max_instances: 128,
         })
         .expect("runtime")

@@ -84,7 +84,8 @@ impl ArtifactCache {
             tracing::warn!(path = %path.display(), "could not cache a compiled plugin: {err:#}");
         }
         // SAFETY: `compiled` was produced just now by this engine.
-        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(anyhow::Error::from)?;
+        let component =
+            unsafe { Component::deserialize(engine, &compiled) }.map_err(anyhow::Error::from)?;
         Ok((component, false))
     }
 
@@ -104,5 +105,8 @@ impl ArtifactCache {
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -122,7 +122,10 @@ impl types::Host for HostState {}
 
 impl connections::Host for HostState {
     fn send(&mut self, to: ConnectionId, frame: Vec<u8>) -> Result<(), SendError> {
-        self.ctx.hub.send(to, Bytes::from(frame)).map_err(send_error)
+        self.ctx
+            .hub
+            .send(to, Bytes::from(frame))
+            .map_err(send_error)
     }
 
     fn broadcast(&mut self, frame: Vec<u8>, except: Option<ConnectionId>) -> u32 {
@@ -149,11 +152,21 @@ impl log::Host for HostState {
         let plugin = &*self.plugin;
         let conn = self.current;
         match level {
-            Level::Trace => tracing::trace!(target: "pier::guest", listener, plugin, conn, "{message}"),
-            Level::Debug => tracing::debug!(target: "pier::guest", listener, plugin, conn, "{message}"),
-            Level::Info => tracing::info!(target: "pier::guest", listener, plugin, conn, "{message}"),
-            Level::Warn => tracing::warn!(target: "pier::guest", listener, plugin, conn, "{message}"),
-            Level::Error => tracing::error!(target: "pier::guest", listener, plugin, conn, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "pier::guest", listener, plugin, conn, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "pier::guest", listener, plugin, conn, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "pier::guest", listener, plugin, conn, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "pier::guest", listener, plugin, conn, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "pier::guest", listener, plugin, conn, "{message}")
+            }
         }
     }
 }

@@ -75,7 +75,11 @@ pub struct PluginInstance {
 
 impl PluginInstance {
     /// Prepares an instance; the store itself is created on first use.
-    pub fn new(runtime: Arc<Runtime>, plugin: Arc<LoadedPlugin>, ctx: Arc<ListenerContext>) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        plugin: Arc<LoadedPlugin>,
+        ctx: Arc<ListenerContext>,
+    ) -> Self {
         let label = Arc::from(format!("{}@{}", plugin.name, plugin.version));
         PluginInstance {
             plugin,
@@ -143,7 +147,10 @@ impl PluginInstance {
             Err(err) => {
                 let kind = if live.store.data().limiter.hit {
                     FaultKind::Memory
-                } else if matches!(err.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+                } else if matches!(
+                    err.downcast_ref::<wasmtime::Trap>(),
+                    Some(wasmtime::Trap::Interrupt)
+                ) {
                     FaultKind::Deadline
                 } else {
                     FaultKind::Trap
@@ -168,18 +175,24 @@ impl PluginInstance {
 
     /// Calls `on-open`.
     pub fn on_open(&mut self, peer: &Peer) -> Result<Result<Option<Vec<u8>>, Refusal>, Fault> {
-        self.call(peer.id, |p, store| p.pier_plugin_handler().call_on_open(store, peer))
+        self.call(peer.id, |p, store| {
+            p.pier_plugin_handler().call_on_open(store, peer)
+        })
     }
 
     /// Calls `on-frame`.
     pub fn on_frame(&mut self, id: ConnectionId, frame: &[u8]) -> Result<Option<Vec<u8>>, Fault> {
-        self.call(id, |p, store| p.pier_plugin_handler().call_on_frame(store, id, frame))
+        self.call(id, |p, store| {
+            p.pier_plugin_handler().call_on_frame(store, id, frame)
+        })
     }
 
     /// Calls `on-close`. A fault here is logged (by `call`) and otherwise ignored: the
     /// connection is gone either way.
     pub fn on_close(&mut self, id: ConnectionId, reason: CloseReason) {
-        let _ = self.call(id, |p, store| p.pier_plugin_handler().call_on_close(store, id, reason));
+        let _ = self.call(id, |p, store| {
+            p.pier_plugin_handler().call_on_close(store, id, reason)
+        });
     }
 }
 

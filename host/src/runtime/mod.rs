@@ -78,7 +78,8 @@ pub struct Runtime {
 impl Runtime {
     /// Creates the engine with pier's settings and starts the epoch ticker.
     pub fn new(config: RuntimeConfig) -> Result<Arc<Self>> {
-        let engine = Engine::new(&engine_config(&config)).map_err(anyhow::Error::from)
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(anyhow::Error::from)
             .context("cannot configure the WebAssembly engine")?;
         let mut linker = Linker::new(&engine);
         bindings::Plugin::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
@@ -115,7 +116,11 @@ impl Runtime {
     /// How many epoch ticks a call may run: the deadline rounded up, plus one because the
     /// current tick may be about to end.
     pub fn deadline_ticks(&self) -> u64 {
-        let ticks = self.config.call_deadline.as_micros().div_ceil(EPOCH_TICK.as_micros());
+        let ticks = self
+            .config
+            .call_deadline
+            .as_micros()
+            .div_ceil(EPOCH_TICK.as_micros());
         u64::try_from(ticks).unwrap_or(u64::MAX / 2).max(1) + 1
     }
 }

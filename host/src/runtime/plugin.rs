@@ -36,7 +36,9 @@ pub enum LoadError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
     /// It imports something the host does not provide.
-    #[error("imports `{0}`, which pier does not provide (pier provides pier:plugin/* and stubs wasi:*)")]
+    #[error(
+        "imports `{0}`, which pier does not provide (pier provides pier:plugin/* and stubs wasi:*)"
+    )]
     UnsupportedImport(String),
     /// It does not export `pier:plugin/handler`.
     #[error("does not export `{HANDLER_EXPORT}` (it exports: {0})")]
@@ -106,8 +108,14 @@ impl Runtime {
         .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
 
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         if let Some(bad) = imports
             .iter()
             .find(|n| !n.starts_with(PACKAGE) && !n.starts_with("wasi:"))
@@ -115,7 +123,11 @@ impl Runtime {
             return Err(LoadError::UnsupportedImport(bad.clone()));
         }
         if !exports.iter().any(|e| e == HANDLER_EXPORT) {
-            let list = if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+            let list = if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            };
             return Err(LoadError::MissingHandler(list));
         }
         check_handler_shape(&component, &self.engine)?;
@@ -127,7 +139,8 @@ impl Runtime {
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
-        let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
+        let pre =
+            PluginPre::new(instance_pre).map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
         Ok(Arc::new(LoadedPlugin {
             name: Arc::from(name),
             version: digest[..12].to_string(),
@@ -146,7 +159,9 @@ fn check_handler_shape(component: &Component, engine: &wasmtime::Engine) -> Resu
     let Some(ComponentItem::ComponentInstance(handler)) =
         ty.get_export(engine, HANDLER_EXPORT).map(|e| e.ty)
     else {
-        return Err(LoadError::WorldMismatch(format!("`{HANDLER_EXPORT}` is not an interface instance")));
+        return Err(LoadError::WorldMismatch(format!(
+            "`{HANDLER_EXPORT}` is not an interface instance"
+        )));
     };
     let present: Vec<&str> = handler.exports(engine).map(|(n, _)| n).collect();
     let missing: Vec<&str> = ["on-open", "on-frame", "on-close"]
