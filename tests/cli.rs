@@ -481,3 +481,37 @@ fn sigterm_drains_every_owed_reply_then_exits_cleanly() {
     // New connections are refused once it is gone.
     assert!(TcpStream::connect(&served.addr).is_err());
 }
+
+#[test]
+fn on_close_gets_the_shutdown_reason_and_guest_logs_are_tagged_with_the_plugin() {
+    let testkit = pier::builtin::guest_path("pier_testkit.wasm");
+    let mut served = Served::start(&[
+        testkit.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--framing",
+        "lines",
+    ]);
+    let stream = TcpStream::connect(&served.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    let id = greeting
+        .trim()
+        .strip_prefix("welcome ")
+        .expect("greeting")
+        .to_string();
+
+    served.signal("TERM");
+    assert!(served.wait_exit().success());
+    let log = served.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("left {id} shutdown")))
+        .unwrap_or_else(|| panic!("on-close(shutdown) was not logged:\n{log}"));
+    assert!(
+        line.contains("pier_testkit.wasm@") && line.contains(&format!("conn={id}")),
+        "{line}"
+    );
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -27,6 +27,9 @@ use crate::worker::{Job, Shutdown};
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
 /// answered, a client that keeps streaming cannot hold shutdown up.
 const DRAIN_READ_LIMIT: usize = 1024 * 1024;
+
+/// Write-buffer capacity kept between writes; anything larger is released after the write.
+const KEEP_WRITE_CAPACITY: usize = 16 * 1024;
 
 /// Serves one connection until it closes, then tells the plugin.
 pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Shutdown) {
@@ -162,7 +165,6 @@ impl Connection {
             if self.closing {
                 return CloseReason::PluginClosed;
             }
-            self.read_buf.reserve(self.decoder.read_hint());
             tokio::select! {
                 biased;
                 _ = self.shutdown.drain.cancelled() => {
@@ -179,16 +181,22 @@ impl Connection {
                         self.take_mailbox();
                     }
                 }
-                read = self.stream.read_buf(&mut self.read_buf) => match read {
-                    Ok(0) => {
+                // Wait for readiness first and only then make room to read, so an idle
+                // connection holds no read buffer.
+                ready = self.stream.readable() => match ready.and_then(|()| self.try_read()) {
+                    Ok(None) => {}
+                    Ok(Some(0)) => {
                         if let Err(reason) = self.handle_frames(true) {
                             return reason;
                         }
                         return if self.closing { CloseReason::PluginClosed } else { CloseReason::PeerClosed };
                     }
-                    Ok(_) => {
+                    Ok(Some(_)) => {
                         if let Err(reason) = self.handle_frames(false) {
                             return reason;
+                        }
+                        if self.read_buf.is_empty() {
+                            self.read_buf = BytesMut::new();
                         }
                     }
                     Err(err) => {
@@ -197,6 +205,17 @@ impl Connection {
                     }
                 },
             }
+        }
+    }
+
+    /// One non-blocking read into the read buffer: `Some(0)` at end of stream, `None` if
+    /// nothing is available right now.
+    fn try_read(&mut self) -> io::Result<Option<usize>> {
+        self.read_buf.reserve(self.decoder.read_hint());
+        match self.stream.try_read_buf(&mut self.read_buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(err) => Err(err),
         }
     }
 
@@ -262,7 +281,12 @@ impl Connection {
             _ = self.shutdown.force.cancelled() => Err(io::Error::other("shutdown deadline passed")),
             r = self.stream.write_all(&self.write_buf) => r,
         };
-        self.write_buf.clear();
+        if self.write_buf.capacity() > KEEP_WRITE_CAPACITY {
+            // A burst of replies should not pin its buffer for the connection's lifetime.
+            self.write_buf = BytesMut::new();
+        } else {
+            self.write_buf.clear();
+        }
         result.map_err(|err| {
             debug!("write failed: {err}");
             CloseReason::IoError
@@ -274,19 +298,18 @@ impl Connection {
     fn drain_on_shutdown(&mut self) {
         let mut drained = 0;
         while drained < DRAIN_READ_LIMIT && !self.closing {
-            self.read_buf.reserve(self.decoder.read_hint());
-            match self.stream.try_read_buf(&mut self.read_buf) {
-                Ok(0) => {
+            match self.try_read() {
+                Ok(Some(0)) => {
                     let _ = self.handle_frames(true);
                     return;
                 }
-                Ok(n) => {
+                Ok(Some(n)) => {
                     drained += n;
                     if self.handle_frames(false).is_err() {
                         return;
                     }
                 }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
         let _ = self.handle_frames(false);

@@ -153,7 +153,10 @@ impl FrameDecoder {
                 if buf.is_empty() {
                     Ok(None)
                 } else {
-                    Ok(Some(buf.split().freeze()))
+                    // A read is normally at most `read_hint` bytes, but the buffer's capacity
+                    // may exceed the request; never hand out more than the limit at once.
+                    let take = buf.len().min(limit);
+                    Ok(Some(buf.split_to(take).freeze()))
                 }
             }
             Inner::Lines(codec) => match codec.decode(buf) {

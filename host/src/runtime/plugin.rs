@@ -13,7 +13,8 @@ use wasmtime::component::{Component, types::ComponentItem};
 
 use super::Runtime;
 use super::bindings::PluginPre;
-use super::host::HostState;
+use super::host::{HostState, ListenerContext};
+use crate::hub::LocalHub;
 
 /// The package whose interfaces pier provides and expects.
 const PACKAGE: &str = "pier:plugin/";
@@ -141,6 +142,7 @@ impl Runtime {
             .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
         let pre =
             PluginPre::new(instance_pre).map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
+        self.trial_instantiate(&pre)?;
         Ok(Arc::new(LoadedPlugin {
             name: Arc::from(name),
             version: digest[..12].to_string(),
@@ -151,6 +153,70 @@ impl Runtime {
             load_time: started.elapsed(),
         }))
     }
+}
+
+impl Runtime {
+    /// Instantiates the plugin once in a throwaway store. wasmtime checks the exported
+    /// functions' types only when an instance is created, and a guest may trap in its start-up
+    /// code; either must refuse the plugin now, not fault every connection later.
+    fn trial_instantiate(&self, pre: &PluginPre<HostState>) -> Result<(), LoadError> {
+        let ctx = Arc::new(ListenerContext {
+            name: Arc::from("check"),
+            hub: Arc::new(LocalHub::new(1, 0)),
+        });
+        let state = HostState::new(ctx, Arc::from("check"), self.config.memory_limit);
+        let mut store = wasmtime::Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(self.deadline_ticks());
+        if let Err(err) = pre.instantiate(&mut store) {
+            // Say which function is wrong when that is the problem; wasmtime's own message
+            // does not name it.
+            let detail =
+                mistyped_handler_function(pre, &mut store).unwrap_or_else(|| format!("{err:#}"));
+            return Err(LoadError::WorldMismatch(detail));
+        }
+        Ok(())
+    }
+}
+
+/// Finds the first handler function whose type differs from the world's, by fetching each one
+/// with its expected signature from a fresh instance.
+fn mistyped_handler_function(
+    pre: &PluginPre<HostState>,
+    store: &mut wasmtime::Store<HostState>,
+) -> Option<String> {
+    use super::bindings::{CloseReason, Peer, Refusal};
+    let instance = pre.instance_pre().instantiate(&mut *store).ok()?;
+    let iface = instance.get_export_index(&mut *store, None, HANDLER_EXPORT)?;
+    let mut check = |name: &str,
+                     result: &dyn Fn(
+        &mut wasmtime::Store<HostState>,
+        &wasmtime::component::ComponentExportIndex,
+    ) -> wasmtime::Result<()>| {
+        let index = instance.get_export_index(&mut *store, Some(&iface), name)?;
+        result(store, &index)
+            .err()
+            .map(|e| format!("`{HANDLER_EXPORT}` function `{name}` has the wrong type: {e:#}"))
+    };
+    check("on-open", &|store, index| {
+        instance
+            .get_typed_func::<(&Peer,), (Result<Option<Vec<u8>>, Refusal>,)>(store, index)
+            .map(drop)
+    })
+    .or_else(|| {
+        check("on-frame", &|store, index| {
+            instance
+                .get_typed_func::<(u64, &[u8]), (Option<Vec<u8>>,)>(store, index)
+                .map(drop)
+        })
+    })
+    .or_else(|| {
+        check("on-close", &|store, index| {
+            instance
+                .get_typed_func::<(u64, CloseReason), ()>(store, index)
+                .map(drop)
+        })
+    })
 }
 
 /// Names the missing handler functions, which wasmtime's own type check reports less plainly.

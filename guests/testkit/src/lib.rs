@@ -1,0 +1,113 @@
+//! A test plugin that exercises every host import so the contract can be tested over real
+//! sockets. It keeps no state in guest memory; everything it knows comes from the host.
+//!
+//! - on open: refuses with `server full` when more than 5 connections are open, otherwise greets
+//!   with `welcome ID`;
+//! - frames (lines): `whoami` → `ID REMOTE-ADDR LISTENER`; `peers` → the number of peers;
+//!   `send ID TEXT` → queues TEXT for ID and replies `sent` or the error's name;
+//!   `broadcast TEXT` → queues TEXT for everyone else and replies `reached N`;
+//!   `close` → replies `bye` and closes itself; `close ID` → closes ID, replies `closed true|false`;
+//!   `ordered` → sends `first` to itself, then replies `second`; `log TEXT` → logs TEXT at info;
+//!   anything else → `Echo: ` + frame;
+//! - on close: logs and tells everyone else `left ID REASON`.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "plugin",
+});
+
+use exports::pier::plugin::handler::{CloseReason, ConnectionId, Guest, Peer, Refusal};
+use pier::plugin::connections::{self, SendError};
+use pier::plugin::log;
+use pier::plugin::types::Level;
+
+/// Most connections accepted at once.
+const CAPACITY: usize = 5;
+
+struct Testkit;
+
+fn reason_name(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::PeerClosed => "peer-closed",
+        CloseReason::PluginClosed => "plugin-closed",
+        CloseReason::IdleTimeout => "idle-timeout",
+        CloseReason::ProtocolError => "protocol-error",
+        CloseReason::SlowConsumer => "slow-consumer",
+        CloseReason::Shutdown => "shutdown",
+        CloseReason::Fault => "fault",
+        CloseReason::IoError => "io-error",
+    }
+}
+
+fn send_error_name(err: SendError) -> &'static str {
+    match err {
+        SendError::UnknownConnection => "unknown-connection",
+        SendError::Closing => "closing",
+        SendError::FrameTooLarge => "frame-too-large",
+        SendError::QueueFull => "queue-full",
+    }
+}
+
+impl Guest for Testkit {
+    fn on_open(peer: Peer) -> Result<Option<Vec<u8>>, Refusal> {
+        if connections::peers().len() > CAPACITY {
+            return Err(Refusal {
+                reason: format!("capacity {CAPACITY} reached"),
+                message: Some(b"server full".to_vec()),
+            });
+        }
+        Ok(Some(format!("welcome {}", peer.id).into_bytes()))
+    }
+
+    fn on_frame(id: ConnectionId, frame: Vec<u8>) -> Option<Vec<u8>> {
+        let text = String::from_utf8_lossy(&frame).into_owned();
+        let (command, rest) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+        let reply = match command {
+            "whoami" => match connections::lookup(id) {
+                Some(p) => format!("{} {} {}", p.id, p.remote_addr, p.listener),
+                None => "not registered".to_string(),
+            },
+            "peers" => connections::peers().len().to_string(),
+            "send" => {
+                let (to, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                match to.parse::<u64>() {
+                    Ok(to) => match connections::send(to, body.as_bytes()) {
+                        Ok(()) => "sent".to_string(),
+                        Err(e) => send_error_name(e).to_string(),
+                    },
+                    Err(_) => "bad id".to_string(),
+                }
+            }
+            "broadcast" => format!(
+                "reached {}",
+                connections::broadcast(rest.as_bytes(), Some(id))
+            ),
+            "close" if rest.is_empty() => {
+                connections::close(id);
+                "bye".to_string()
+            }
+            "close" => match rest.parse::<u64>() {
+                Ok(other) => format!("closed {}", connections::close(other)),
+                Err(_) => "bad id".to_string(),
+            },
+            "ordered" => {
+                let _ = connections::send(id, b"first");
+                "second".to_string()
+            }
+            "log" => {
+                log::log(Level::Info, rest);
+                "logged".to_string()
+            }
+            _ => return Some([b"Echo: ".as_slice(), &frame].concat()),
+        };
+        Some(reply.into_bytes())
+    }
+
+    fn on_close(id: ConnectionId, reason: CloseReason) {
+        let note = format!("left {id} {}", reason_name(reason));
+        log::log(Level::Info, &note);
+        connections::broadcast(note.as_bytes(), None);
+    }
+}
+
+export!(Testkit);
