@@ -211,3 +211,35 @@ async fn a_final_line_without_newline_is_answered_after_half_close() {
     assert!(client.recv().await.is_none());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn at_the_connection_limit_new_clients_wait_until_a_slot_frees() {
+    let server = TestServer::start(
+        &echo_wasm(),
+        Options {
+            framing: Framing::Lines,
+            max_connections: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    assert_eq!(a.ask(b"a").await, b"Echo: a");
+    assert_eq!(b.ask(b"b").await, b"Echo: b");
+
+    // The kernel completes the handshake, but pier does not accept a third connection yet.
+    let mut c = server.client().await;
+    c.send(b"c").await;
+    let early = tokio::time::timeout(Duration::from_millis(300), c.recv()).await;
+    assert!(early.is_err(), "served beyond the limit: {early:?}");
+
+    a.stream.shutdown().await.unwrap();
+    assert!(a.recv().await.is_none());
+    assert_eq!(
+        c.recv().await.unwrap(),
+        b"Echo: c",
+        "served once a slot freed"
+    );
+    server.stop().await;
+}

@@ -60,6 +60,8 @@ pub struct Options {
     pub max_frame: usize,
     /// Worker threads.
     pub workers: usize,
+    /// Connection limit.
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             framing: Framing::Lines,
             max_frame: 1024 * 1024,
             workers: 2,
+            max_connections: 10_000,
         }
     }
 }
@@ -92,7 +95,7 @@ impl TestServer {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
         let config = ServerConfig {
-            max_connections: 10_000,
+            max_connections: opts.max_connections,
             workers: opts.workers,
             drain_timeout: Duration::from_secs(5),
         };
