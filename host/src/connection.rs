@@ -7,21 +7,25 @@
 //! and frames other connections queue for it are bounded by the registry's write queue.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::framing::{FrameDecoder, Framing};
-use crate::hub::{ConnectionId, Hub, Mailbox, PeerInfo, next_connection_id};
-use crate::runtime::PluginInstance;
+use crate::hub::{ConnectionId, Control, Hub, Mailbox, PeerInfo, TimerId, next_connection_id};
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
+use crate::runtime::{Fault, PluginInstance};
 use crate::worker::{Job, Shutdown};
 
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
@@ -73,6 +77,7 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
         debug!("connected");
         let mut conn = Connection {
             id,
+            hub: listener.hub.clone(),
             framing: listener.framing,
             decoder: listener.framing.decoder(listener.max_frame),
             stream,
@@ -81,7 +86,9 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
             mailbox,
             instance,
             shutdown,
-            closing: false,
+            closing: None,
+            timers: DelayQueue::new(),
+            timer_slots: HashMap::new(),
         };
 
         let opened = conn.instance.borrow_mut().on_open(&record);
@@ -107,9 +114,11 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
             }
         };
         conn.finish().await;
-        drop(registration);
+        // Out of groups and peers, sends refused, attributes still readable for on-close.
+        listener.hub.begin_close(id);
         debug!(reason = ?reason, "closed");
         conn.instance.borrow_mut().on_close(id, reason);
+        drop(registration);
         drop(permit);
     }
     .instrument(span)
@@ -131,6 +140,8 @@ impl Drop for Registration {
 struct Connection {
     /// The connection's id, passed to every plugin call.
     id: ConnectionId,
+    /// The listener's registry (timers report back to it).
+    hub: Arc<dyn Hub>,
     /// How replies are framed.
     framing: Framing,
     /// Cuts incoming bytes into frames.
@@ -147,8 +158,13 @@ struct Connection {
     instance: Rc<RefCell<PluginInstance>>,
     /// The server's shutdown signals.
     shutdown: Shutdown,
-    /// Set once the plugin asked to close: write what is owed, then stop.
-    closing: bool,
+    /// Set once the connection must end after writing what is owed: the plugin asked
+    /// (`plugin-closed`) or the client's request did (HTTP `Connection: close`, `peer-closed`).
+    closing: Option<CloseReason>,
+    /// This connection's timers, owned here so they fire between frames on this worker.
+    timers: DelayQueue<TimerId>,
+    /// Each running timer's slot in `timers` and its repeat interval.
+    timer_slots: HashMap<TimerId, (delay_queue::Key, Option<Duration>)>,
 }
 
 /// Why the main loop stopped.
@@ -162,8 +178,8 @@ impl Connection {
             if let Err(err) = self.flush().await {
                 return err;
             }
-            if self.closing {
-                return CloseReason::PluginClosed;
+            if let Some(reason) = self.closing {
+                return reason;
             }
             tokio::select! {
                 biased;
@@ -173,7 +189,13 @@ impl Connection {
                 }
                 _ = self.mailbox.close.cancelled() => {
                     self.take_mailbox();
-                    self.closing = true;
+                    self.closing = Some(CloseReason::PluginClosed);
+                }
+                Some(control) = self.mailbox.control.recv() => self.apply(control),
+                Some(expired) = poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => {
+                    if let Err(reason) = self.fire_timer(expired.into_inner()) {
+                        return reason;
+                    }
                 }
                 frame = self.mailbox.frames.recv() => {
                     if let Some(frame) = frame {
@@ -189,7 +211,7 @@ impl Connection {
                         if let Err(reason) = self.handle_frames(true) {
                             return reason;
                         }
-                        return if self.closing { CloseReason::PluginClosed } else { CloseReason::PeerClosed };
+                        return self.closing.unwrap_or(CloseReason::PeerClosed);
                     }
                     Ok(Some(_)) => {
                         if let Err(reason) = self.handle_frames(false) {
@@ -213,7 +235,10 @@ impl Connection {
     fn try_read(&mut self) -> io::Result<Option<usize>> {
         self.read_buf.reserve(self.decoder.read_hint());
         match self.stream.try_read_buf(&mut self.read_buf) {
-            Ok(n) => Ok(Some(n)),
+            Ok(n) => {
+                self.mailbox.meter.bytes_in(n);
+                Ok(Some(n))
+            }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(err) => Err(err),
         }
@@ -222,7 +247,7 @@ impl Connection {
     /// Hands every complete frame in the read buffer to the plugin, in order, collecting the
     /// replies. Stops early if the plugin closes the connection or faults.
     fn handle_frames(&mut self, eof: bool) -> Result<(), Closed> {
-        while !self.closing {
+        while self.closing.is_none() {
             let decoded = if eof {
                 self.decoder.decode_eof(&mut self.read_buf)
             } else {
@@ -233,20 +258,68 @@ impl Connection {
                 Ok(None) => break,
                 Err(err) => {
                     warn!("protocol error, closing: {err}");
+                    if let Some(reply) = err.reply() {
+                        self.mailbox.meter.frame_out(reply.len());
+                        self.write_buf.extend_from_slice(&reply);
+                    }
                     return Err(CloseReason::ProtocolError);
                 }
             };
+            self.mailbox.meter.frame_in();
             self.handle_frame(&frame)?;
+            if self.decoder.close_requested() && self.closing.is_none() {
+                self.closing = Some(CloseReason::PeerClosed);
+            }
         }
         Ok(())
     }
 
+    /// Starts or stops a timer the plugin asked for.
+    fn apply(&mut self, control: Control) {
+        match control {
+            Control::StartTimer {
+                timer,
+                delay,
+                interval,
+            } => {
+                let key = self.timers.insert(timer, delay);
+                self.timer_slots.insert(timer, (key, interval));
+            }
+            Control::CancelTimer(timer) => {
+                if let Some((key, _)) = self.timer_slots.remove(&timer) {
+                    self.timers.try_remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Runs `on-timer` for a timer that came due and re-arms it if it repeats.
+    fn fire_timer(&mut self, timer: TimerId) -> Result<(), Closed> {
+        let Some((_, interval)) = self.timer_slots.remove(&timer) else {
+            return Ok(());
+        };
+        match interval {
+            Some(every) => {
+                let key = self.timers.insert(timer, every);
+                self.timer_slots.insert(timer, (key, Some(every)));
+            }
+            None => self.hub.timer_done(self.id, timer),
+        }
+        let result = self.instance.borrow_mut().on_timer(self.id, timer);
+        self.after_call(result)
+    }
+
     fn handle_frame(&mut self, frame: &Bytes) -> Result<(), Closed> {
         let result = self.instance.borrow_mut().on_frame(self.id, frame);
-        // Frames the call queued for this connection go before its reply.
+        self.after_call(result)
+    }
+
+    /// Collects what a guest call produced: frames it queued for this connection go first, then
+    /// its reply; a close request or a fault ends the connection.
+    fn after_call(&mut self, result: Result<Option<Vec<u8>>, Fault>) -> Result<(), Closed> {
         self.take_mailbox();
         if self.mailbox.close.is_cancelled() {
-            self.closing = true;
+            self.closing = Some(CloseReason::PluginClosed);
         }
         match result {
             Ok(Some(reply)) => {
@@ -259,8 +332,10 @@ impl Connection {
     }
 
     fn queue_reply(&mut self, frame: &[u8]) {
-        if let Err(err) = self.framing.encode(frame, &mut self.write_buf) {
-            warn!("reply dropped: {err}");
+        let before = self.write_buf.len();
+        match self.framing.encode(frame, &mut self.write_buf) {
+            Ok(()) => self.mailbox.meter.frame_out(self.write_buf.len() - before),
+            Err(err) => warn!("reply dropped: {err}"),
         }
     }
 
@@ -297,7 +372,7 @@ impl Connection {
     /// buffer) without waiting for more.
     fn drain_on_shutdown(&mut self) {
         let mut drained = 0;
-        while drained < DRAIN_READ_LIMIT && !self.closing {
+        while drained < DRAIN_READ_LIMIT && self.closing.is_none() {
             match self.try_read() {
                 Ok(Some(0)) => {
                     let _ = self.handle_frames(true);

@@ -1,15 +1,17 @@
-//! The connection registry of one listener: who is connected, and how to reach them.
+//! The connection registry of one listener: who is connected, how to reach them, and the
+//! durable per-connection state plugins keep in the host (attributes, groups, timers, counters).
 //!
-//! This is the durable state behind the WIT `connections` interface. It lives in the host and is
-//! shared by every worker thread and every plugin instance of the listener, so a plugin instance
-//! can be recreated at any moment without losing track of anyone. It sits behind the narrow
-//! [`Hub`] trait because it is the one piece that will later span machines; [`LocalHub`] is the
-//! in-process implementation.
+//! This is the state behind the WIT `connections`, `attributes`, `groups`, `stats` and `timers`
+//! interfaces. It lives in the host and is shared by every worker thread and every plugin
+//! instance of the listener, so an instance can be recreated at any moment without losing track
+//! of anyone. It sits behind the narrow [`Hub`] trait because it is the one piece that will
+//! later span machines; [`LocalHub`] is the in-process implementation. Every operation is
+//! non-blocking and bounded: queues are bounded, attribute/group/timer counts are capped.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -18,12 +20,25 @@ use tokio_util::sync::CancellationToken;
 /// Identifies a connection; unique for the process lifetime and never reused.
 pub type ConnectionId = u64;
 
+/// Identifies a timer; unique for the process lifetime.
+pub type TimerId = u64;
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_TIMER: AtomicU64 = AtomicU64::new(1);
 
 /// Hands out the next connection id.
 pub fn next_connection_id() -> ConnectionId {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
+
+/// Longest attribute key or group name.
+pub const MAX_NAME: usize = 256;
+/// Longest attribute value.
+pub const MAX_ATTRIBUTE_VALUE: usize = 64 * 1024;
+/// Most attributes, groups or timers one connection may have.
+pub const MAX_PER_CONNECTION: usize = 64;
+/// Shortest timer interval.
+pub const MIN_TIMER_INTERVAL: Duration = Duration::from_millis(1);
 
 /// What the host knows about a connected peer (mirrors WIT `types.peer`).
 #[derive(Clone, Debug)]
@@ -38,6 +53,99 @@ pub struct PeerInfo {
     pub listener: Arc<str>,
     /// When it was accepted.
     pub connected_at: SystemTime,
+}
+
+/// Frame and byte counters, for one connection or a whole listener.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Frames written.
+    pub frames_out: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Bytes written.
+    pub bytes_out: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.frames_in.load(Ordering::Relaxed),
+            self.frames_out.load(Ordering::Relaxed),
+            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A connection's counters plus its listener's, updated together by the connection task.
+#[derive(Clone, Debug)]
+pub struct Meter {
+    conn: Arc<Counters>,
+    listener: Arc<Counters>,
+}
+
+impl Meter {
+    /// Counts `bytes` received.
+    pub fn bytes_in(&self, bytes: usize) {
+        let n = bytes as u64;
+        self.conn.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.listener.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one frame received.
+    pub fn frame_in(&self) {
+        self.conn.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.listener.frames_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one frame of `bytes` (framing included) written.
+    pub fn frame_out(&self, bytes: usize) {
+        let n = bytes as u64;
+        self.conn.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.listener.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.conn.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.listener.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Listener-wide figures (mirrors WIT `stats.listener-stats`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Connections open now.
+    pub connected: u32,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// When the listener started.
+    pub started_at: SystemTime,
+    /// How long ago that was.
+    pub uptime: Duration,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames written.
+    pub frames_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+}
+
+/// One connection's figures (mirrors WIT `stats.connection-stats`).
+#[derive(Clone, Debug)]
+pub struct ConnectionStats {
+    /// Who it is.
+    pub peer: PeerInfo,
+    /// How long it has been open.
+    pub age: Duration,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames written.
+    pub frames_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
 }
 
 /// Why a frame could not be queued (mirrors WIT `connections.send-error`).
@@ -57,14 +165,75 @@ pub enum SendError {
     QueueFull,
 }
 
-/// The registry operations the plugin API needs. Narrow on purpose: anything richer (groups,
-/// attributes) is added as new methods with the same at-most-once, never-blocking semantics.
+/// Why an attribute could not be set (mirrors WIT `attributes.attribute-error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttributeError {
+    /// No open connection has this id.
+    #[error("no open connection has this id")]
+    UnknownConnection,
+    /// Empty or longer than [`MAX_NAME`].
+    #[error("attribute keys are 1 to {MAX_NAME} bytes")]
+    BadKey,
+    /// Longer than [`MAX_ATTRIBUTE_VALUE`].
+    #[error("attribute values are at most {MAX_ATTRIBUTE_VALUE} bytes")]
+    ValueTooLong,
+    /// Already [`MAX_PER_CONNECTION`] attributes.
+    #[error("a connection has at most {MAX_PER_CONNECTION} attributes")]
+    TooMany,
+}
+
+/// Why a connection could not join a group (mirrors WIT `groups.group-error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// No open connection has this id.
+    #[error("no open connection has this id")]
+    UnknownConnection,
+    /// Empty or longer than [`MAX_NAME`].
+    #[error("group names are 1 to {MAX_NAME} bytes")]
+    BadName,
+    /// Already in [`MAX_PER_CONNECTION`] groups.
+    #[error("a connection is in at most {MAX_PER_CONNECTION} groups")]
+    TooMany,
+}
+
+/// Why a timer could not be started (mirrors WIT `timers.timer-error`, minus `no-handler`,
+/// which the plugin runtime decides).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimerError {
+    /// No open connection has this id.
+    #[error("no open connection has this id")]
+    UnknownConnection,
+    /// Already [`MAX_PER_CONNECTION`] timers.
+    #[error("a connection has at most {MAX_PER_CONNECTION} timers")]
+    TooMany,
+}
+
+/// A request for the connection task, which owns the connection's timers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Start a timer.
+    StartTimer {
+        /// Its id.
+        timer: TimerId,
+        /// First firing after this long.
+        delay: Duration,
+        /// Then every this long, if set.
+        interval: Option<Duration>,
+    },
+    /// Stop a timer.
+    CancelTimer(TimerId),
+}
+
+/// The registry operations the plugin API needs. Every method is non-blocking.
 pub trait Hub: Send + Sync {
-    /// Adds a connection; its frames arrive on the returned [`Mailbox`].
+    /// Adds a connection; what is queued for it arrives on the returned [`Mailbox`].
     fn register(&self, peer: PeerInfo) -> Mailbox;
-    /// Removes a connection; later sends to it fail with `UnknownConnection`.
+    /// Starts closing a connection: it leaves every group, disappears from `peers`, and sends
+    /// to it fail, but its attributes stay readable until `unregister` (for `on-close`).
+    fn begin_close(&self, id: ConnectionId);
+    /// Removes a connection and everything it had.
     fn unregister(&self, id: ConnectionId);
-    /// Queues a frame for one connection without waiting.
+    /// Queues a frame for one connection.
     fn send(&self, to: ConnectionId, frame: Bytes) -> Result<(), SendError>;
     /// Queues a frame for every connection but `except`; returns how many took it.
     fn broadcast(&self, frame: Bytes, except: Option<ConnectionId>) -> u32;
@@ -76,32 +245,137 @@ pub trait Hub: Send + Sync {
     fn lookup(&self, id: ConnectionId) -> Option<PeerInfo>;
     /// The frame limit `send` enforces.
     fn max_frame(&self) -> usize;
+
+    /// Sets an attribute.
+    fn set_attribute(
+        &self,
+        id: ConnectionId,
+        key: &str,
+        value: String,
+    ) -> Result<(), AttributeError>;
+    /// Reads an attribute (also while the connection is closing).
+    fn attribute(&self, id: ConnectionId, key: &str) -> Option<String>;
+    /// Removes an attribute.
+    fn remove_attribute(&self, id: ConnectionId, key: &str) -> Option<String>;
+    /// Every attribute of a connection.
+    fn attributes(&self, id: ConnectionId) -> Vec<(String, String)>;
+    /// Open connections whose attribute `key` is `value`.
+    fn find_attribute(&self, key: &str, value: &str) -> Vec<ConnectionId>;
+
+    /// Adds a connection to a group.
+    fn join(&self, id: ConnectionId, group: &str) -> Result<(), GroupError>;
+    /// Removes a connection from a group.
+    fn leave(&self, id: ConnectionId, group: &str) -> bool;
+    /// A group's members.
+    fn members(&self, group: &str) -> Vec<ConnectionId>;
+    /// A connection's groups.
+    fn groups_of(&self, id: ConnectionId) -> Vec<String>;
+    /// Queues a frame for a group's members but `except`.
+    fn group_send(&self, group: &str, frame: Bytes, except: Option<ConnectionId>) -> u32;
+
+    /// Listener-wide figures.
+    fn listener_stats(&self) -> ListenerStats;
+    /// One open connection's figures.
+    fn connection_stats(&self, id: ConnectionId) -> Option<ConnectionStats>;
+    /// Every open connection's figures.
+    fn all_connection_stats(&self) -> Vec<ConnectionStats>;
+
+    /// Starts a timer on a connection.
+    fn start_timer(
+        &self,
+        id: ConnectionId,
+        delay: Duration,
+        interval: Option<Duration>,
+    ) -> Result<TimerId, TimerError>;
+    /// Cancels a timer; false if it is not running.
+    fn cancel_timer(&self, timer: TimerId) -> bool;
+    /// Called by the connection task when a one-shot timer has fired.
+    fn timer_done(&self, id: ConnectionId, timer: TimerId);
 }
 
-/// The receiving end of a connection's queue, owned by the connection task.
+/// The receiving end of a connection's queues, owned by the connection task.
 pub struct Mailbox {
-    /// Frames other connections (or the plugin) queued for this one, in order.
+    /// Frames queued for this connection, in order.
     pub frames: mpsc::Receiver<Bytes>,
     /// Cancelled when the plugin asks for the connection to be closed. Separate from the frame
     /// queue so a close request is never lost to a full queue.
     pub close: CancellationToken,
+    /// Timer requests. Unbounded, but each connection has at most [`MAX_PER_CONNECTION`]
+    /// timers, so at most that many starts can be outstanding.
+    pub control: mpsc::UnboundedReceiver<Control>,
+    /// Where the connection counts its traffic.
+    pub meter: Meter,
 }
 
 struct Entry {
     peer: PeerInfo,
+    accepted: Instant,
     frames: mpsc::Sender<Bytes>,
     close: CancellationToken,
+    control: mpsc::UnboundedSender<Control>,
+    counters: Arc<Counters>,
+    /// Set by `begin_close`: the connection is on its way out.
+    closing: AtomicBool,
+    attributes: Mutex<HashMap<String, String>>,
+    groups: Mutex<HashSet<String>>,
+    timers: Mutex<HashSet<TimerId>>,
 }
 
-/// The in-process [`Hub`]: a map from id to each connection's queue.
+impl Entry {
+    fn is_open(&self) -> bool {
+        !self.closing.load(Ordering::Relaxed)
+    }
+
+    fn queue(&self, frame: Bytes) -> Result<(), SendError> {
+        if !self.is_open() || self.close.is_cancelled() {
+            return Err(SendError::Closing);
+        }
+        self.frames.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closing,
+        })
+    }
+
+    fn stats(&self) -> ConnectionStats {
+        let (frames_in, frames_out, bytes_in, bytes_out) = self.counters.snapshot();
+        ConnectionStats {
+            peer: self.peer.clone(),
+            age: self.accepted.elapsed(),
+            frames_in,
+            frames_out,
+            bytes_in,
+            bytes_out,
+        }
+    }
+}
+
+/// Locks a mutex, carrying on if a panic elsewhere poisoned it: every critical section here is
+/// a single insert/remove, so the data is consistent either way.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The in-process [`Hub`].
 pub struct LocalHub {
-    /// Open connections. Read-mostly (sends, broadcasts) with a write per open and close.
+    /// Every registered connection (open or closing). Read-mostly.
     entries: RwLock<HashMap<ConnectionId, Entry>>,
+    /// Group name → members. Kept apart from `entries` so group sends do not scan everyone.
+    groups: RwLock<HashMap<String, HashSet<ConnectionId>>>,
+    /// Timer → its connection, so `cancel` can find the task that owns the timer.
+    timer_owners: Mutex<HashMap<TimerId, ConnectionId>>,
     /// Frames a connection may have queued but not yet written; beyond it sends fail with
     /// `QueueFull` so a client that does not read cannot make the host buffer without bound.
     write_queue: usize,
     /// The listener's maximum frame size.
     max_frame: usize,
+    /// Listener-wide traffic.
+    totals: Arc<Counters>,
+    /// Connections accepted since start.
+    accepted: AtomicU64,
+    /// When the listener started (wall clock, for display).
+    started_at: SystemTime,
+    /// When the listener started (monotonic, for uptime).
+    started: Instant,
 }
 
 impl LocalHub {
@@ -109,50 +383,107 @@ impl LocalHub {
     pub fn new(write_queue: usize, max_frame: usize) -> Self {
         LocalHub {
             entries: RwLock::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
+            timer_owners: Mutex::new(HashMap::new()),
             write_queue: write_queue.max(1),
             max_frame,
+            totals: Arc::new(Counters::default()),
+            accepted: AtomicU64::new(0),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ConnectionId, Entry>> {
-        // A poisoned lock means a panic elsewhere while holding it; the map itself is still
-        // consistent (every mutation is a single insert/remove), so keep serving.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<ConnectionId, Entry>> {
         self.entries.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ConnectionId, Entry>> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<ConnectionId, Entry>> {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn groups_read(&self) -> RwLockReadGuard<'_, HashMap<String, HashSet<ConnectionId>>> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn groups_write(&self) -> RwLockWriteGuard<'_, HashMap<String, HashSet<ConnectionId>>> {
+        self.groups.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remove_from_groups(&self, id: ConnectionId, names: &HashSet<String>) {
+        let mut groups = self.groups_write();
+        for name in names {
+            if let Some(members) = groups.get_mut(name) {
+                members.remove(&id);
+                if members.is_empty() {
+                    groups.remove(name);
+                }
+            }
+        }
     }
 }
 
-fn queue(entry: &Entry, frame: Bytes) -> Result<(), SendError> {
-    if entry.close.is_cancelled() {
-        return Err(SendError::Closing);
-    }
-    entry.frames.try_send(frame).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
-        mpsc::error::TrySendError::Closed(_) => SendError::Closing,
-    })
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME
 }
 
 impl Hub for LocalHub {
     fn register(&self, peer: PeerInfo) -> Mailbox {
         let (tx, rx) = mpsc::channel(self.write_queue);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let close = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
         let id = peer.id;
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         self.write().insert(
             id,
             Entry {
                 peer,
+                accepted: Instant::now(),
                 frames: tx,
                 close: close.clone(),
+                control: control_tx,
+                counters: counters.clone(),
+                closing: AtomicBool::new(false),
+                attributes: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashSet::new()),
+                timers: Mutex::new(HashSet::new()),
             },
         );
-        Mailbox { frames: rx, close }
+        Mailbox {
+            frames: rx,
+            close,
+            control: control_rx,
+            meter: Meter {
+                conn: counters,
+                listener: self.totals.clone(),
+            },
+        }
+    }
+
+    fn begin_close(&self, id: ConnectionId) {
+        let groups = {
+            let entries = self.read();
+            let Some(entry) = entries.get(&id) else {
+                return;
+            };
+            entry.closing.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *lock(&entry.groups))
+        };
+        self.remove_from_groups(id, &groups);
     }
 
     fn unregister(&self, id: ConnectionId) {
-        self.write().remove(&id);
+        let Some(entry) = self.write().remove(&id) else {
+            return;
+        };
+        let groups = std::mem::take(&mut *lock(&entry.groups));
+        self.remove_from_groups(id, &groups);
+        let timers = std::mem::take(&mut *lock(&entry.timers));
+        let mut owners = lock(&self.timer_owners);
+        for timer in timers {
+            owners.remove(&timer);
+        }
     }
 
     fn send(&self, to: ConnectionId, frame: Bytes) -> Result<(), SendError> {
@@ -161,7 +492,7 @@ impl Hub for LocalHub {
         }
         let entries = self.read();
         let entry = entries.get(&to).ok_or(SendError::UnknownConnection)?;
-        queue(entry, frame)
+        entry.queue(frame)
     }
 
     fn broadcast(&self, frame: Bytes, except: Option<ConnectionId>) -> u32 {
@@ -172,31 +503,238 @@ impl Hub for LocalHub {
         let delivered = entries
             .iter()
             .filter(|(id, _)| Some(**id) != except)
-            .filter(|(_, entry)| queue(entry, frame.clone()).is_ok())
+            .filter(|(_, entry)| entry.queue(frame.clone()).is_ok())
             .count();
         u32::try_from(delivered).unwrap_or(u32::MAX)
     }
 
     fn close(&self, id: ConnectionId) -> bool {
         match self.read().get(&id) {
-            Some(entry) => {
+            Some(entry) if entry.is_open() => {
                 entry.close.cancel();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     fn peers(&self) -> Vec<PeerInfo> {
-        self.read().values().map(|e| e.peer.clone()).collect()
+        self.read()
+            .values()
+            .filter(|e| e.is_open())
+            .map(|e| e.peer.clone())
+            .collect()
     }
 
     fn lookup(&self, id: ConnectionId) -> Option<PeerInfo> {
-        self.read().get(&id).map(|e| e.peer.clone())
+        self.read()
+            .get(&id)
+            .filter(|e| e.is_open())
+            .map(|e| e.peer.clone())
     }
 
     fn max_frame(&self) -> usize {
         self.max_frame
+    }
+
+    fn set_attribute(
+        &self,
+        id: ConnectionId,
+        key: &str,
+        value: String,
+    ) -> Result<(), AttributeError> {
+        if !valid_name(key) {
+            return Err(AttributeError::BadKey);
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE {
+            return Err(AttributeError::ValueTooLong);
+        }
+        let entries = self.read();
+        let entry = entries
+            .get(&id)
+            .filter(|e| e.is_open())
+            .ok_or(AttributeError::UnknownConnection)?;
+        let mut attributes = lock(&entry.attributes);
+        if attributes.len() >= MAX_PER_CONNECTION && !attributes.contains_key(key) {
+            return Err(AttributeError::TooMany);
+        }
+        attributes.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    fn attribute(&self, id: ConnectionId, key: &str) -> Option<String> {
+        let entries = self.read();
+        let entry = entries.get(&id)?;
+        lock(&entry.attributes).get(key).cloned()
+    }
+
+    fn remove_attribute(&self, id: ConnectionId, key: &str) -> Option<String> {
+        let entries = self.read();
+        let entry = entries.get(&id)?;
+        lock(&entry.attributes).remove(key)
+    }
+
+    fn attributes(&self, id: ConnectionId) -> Vec<(String, String)> {
+        let entries = self.read();
+        entries.get(&id).map_or_else(Vec::new, |entry| {
+            lock(&entry.attributes)
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    fn find_attribute(&self, key: &str, value: &str) -> Vec<ConnectionId> {
+        self.read()
+            .iter()
+            .filter(|(_, e)| e.is_open())
+            .filter(|(_, e)| lock(&e.attributes).get(key).is_some_and(|v| v == value))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn join(&self, id: ConnectionId, group: &str) -> Result<(), GroupError> {
+        if !valid_name(group) {
+            return Err(GroupError::BadName);
+        }
+        {
+            let entries = self.read();
+            let entry = entries
+                .get(&id)
+                .filter(|e| e.is_open())
+                .ok_or(GroupError::UnknownConnection)?;
+            let mut mine = lock(&entry.groups);
+            if mine.len() >= MAX_PER_CONNECTION && !mine.contains(group) {
+                return Err(GroupError::TooMany);
+            }
+            mine.insert(group.to_string());
+        }
+        self.groups_write()
+            .entry(group.to_string())
+            .or_default()
+            .insert(id);
+        Ok(())
+    }
+
+    fn leave(&self, id: ConnectionId, group: &str) -> bool {
+        let was_member = {
+            let entries = self.read();
+            entries
+                .get(&id)
+                .is_some_and(|e| lock(&e.groups).remove(group))
+        };
+        if was_member {
+            self.remove_from_groups(id, &HashSet::from([group.to_string()]));
+        }
+        was_member
+    }
+
+    fn members(&self, group: &str) -> Vec<ConnectionId> {
+        self.groups_read()
+            .get(group)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn groups_of(&self, id: ConnectionId) -> Vec<String> {
+        self.read()
+            .get(&id)
+            .map(|e| lock(&e.groups).iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn group_send(&self, group: &str, frame: Bytes, except: Option<ConnectionId>) -> u32 {
+        if frame.len() > self.max_frame {
+            return 0;
+        }
+        let members = self.members(group);
+        let entries = self.read();
+        let delivered = members
+            .iter()
+            .filter(|id| Some(**id) != except)
+            .filter_map(|id| entries.get(id))
+            .filter(|entry| entry.queue(frame.clone()).is_ok())
+            .count();
+        u32::try_from(delivered).unwrap_or(u32::MAX)
+    }
+
+    fn listener_stats(&self) -> ListenerStats {
+        let (frames_in, frames_out, bytes_in, bytes_out) = self.totals.snapshot();
+        let connected = self.read().values().filter(|e| e.is_open()).count();
+        ListenerStats {
+            connected: u32::try_from(connected).unwrap_or(u32::MAX),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            started_at: self.started_at,
+            uptime: self.started.elapsed(),
+            frames_in,
+            frames_out,
+            bytes_in,
+            bytes_out,
+        }
+    }
+
+    fn connection_stats(&self, id: ConnectionId) -> Option<ConnectionStats> {
+        self.read()
+            .get(&id)
+            .filter(|e| e.is_open())
+            .map(Entry::stats)
+    }
+
+    fn all_connection_stats(&self) -> Vec<ConnectionStats> {
+        self.read()
+            .values()
+            .filter(|e| e.is_open())
+            .map(Entry::stats)
+            .collect()
+    }
+
+    fn start_timer(
+        &self,
+        id: ConnectionId,
+        delay: Duration,
+        interval: Option<Duration>,
+    ) -> Result<TimerId, TimerError> {
+        let entries = self.read();
+        let entry = entries
+            .get(&id)
+            .filter(|e| e.is_open())
+            .ok_or(TimerError::UnknownConnection)?;
+        let mut timers = lock(&entry.timers);
+        if timers.len() >= MAX_PER_CONNECTION {
+            return Err(TimerError::TooMany);
+        }
+        let timer = NEXT_TIMER.fetch_add(1, Ordering::Relaxed);
+        let interval = interval.map(|i| i.max(MIN_TIMER_INTERVAL));
+        entry
+            .control
+            .send(Control::StartTimer {
+                timer,
+                delay,
+                interval,
+            })
+            .map_err(|_| TimerError::UnknownConnection)?;
+        timers.insert(timer);
+        lock(&self.timer_owners).insert(timer, id);
+        Ok(timer)
+    }
+
+    fn cancel_timer(&self, timer: TimerId) -> bool {
+        let Some(owner) = lock(&self.timer_owners).remove(&timer) else {
+            return false;
+        };
+        let entries = self.read();
+        let Some(entry) = entries.get(&owner) else {
+            return false;
+        };
+        lock(&entry.timers).remove(&timer);
+        entry.control.send(Control::CancelTimer(timer)).is_ok()
+    }
+
+    fn timer_done(&self, id: ConnectionId, timer: TimerId) {
+        lock(&self.timer_owners).remove(&timer);
+        if let Some(entry) = self.read().get(&id) {
+            lock(&entry.timers).remove(&timer);
+        }
     }
 }
 
@@ -250,5 +788,124 @@ mod tests {
         hub.send(3, Bytes::from_static(b"fill")).unwrap();
         assert_eq!(hub.broadcast(Bytes::from_static(b"hi"), Some(1)), 1);
         assert_eq!(hub.peers().len(), 3);
+    }
+
+    #[test]
+    fn attributes_are_validated_found_and_readable_while_closing() {
+        let hub = LocalHub::new(4, 64);
+        let _a = hub.register(peer(1));
+        let _b = hub.register(peer(2));
+        assert_eq!(
+            hub.set_attribute(1, "", "x".into()),
+            Err(AttributeError::BadKey)
+        );
+        assert_eq!(
+            hub.set_attribute(1, "k", "v".repeat(MAX_ATTRIBUTE_VALUE + 1)),
+            Err(AttributeError::ValueTooLong)
+        );
+        assert_eq!(
+            hub.set_attribute(9, "k", "v".into()),
+            Err(AttributeError::UnknownConnection)
+        );
+        for i in 0..MAX_PER_CONNECTION {
+            hub.set_attribute(2, &format!("k{i}"), "v".into()).unwrap();
+        }
+        assert_eq!(
+            hub.set_attribute(2, "one-more", "v".into()),
+            Err(AttributeError::TooMany)
+        );
+        hub.set_attribute(1, "name", "ann".into()).unwrap();
+        assert_eq!(hub.find_attribute("name", "ann"), vec![1]);
+        hub.begin_close(1);
+        assert_eq!(hub.attribute(1, "name").as_deref(), Some("ann"));
+        assert!(
+            hub.find_attribute("name", "ann").is_empty(),
+            "closing connections are not found"
+        );
+        hub.unregister(1);
+        assert_eq!(hub.attribute(1, "name"), None);
+    }
+
+    #[test]
+    fn groups_send_to_members_and_forget_closing_connections() {
+        let hub = LocalHub::new(4, 64);
+        let mut a = hub.register(peer(1));
+        let mut b = hub.register(peer(2));
+        let _c = hub.register(peer(3));
+        hub.join(1, "room").unwrap();
+        hub.join(2, "room").unwrap();
+        assert_eq!(hub.join(3, ""), Err(GroupError::BadName));
+        assert_eq!(
+            hub.group_send("room", Bytes::from_static(b"hi"), Some(1)),
+            1
+        );
+        assert_eq!(b.frames.try_recv().unwrap(), Bytes::from_static(b"hi"));
+        assert!(a.frames.try_recv().is_err());
+        hub.begin_close(2);
+        assert_eq!(hub.members("room"), vec![1]);
+        assert!(hub.leave(1, "room"));
+        assert!(hub.members("room").is_empty());
+        assert!(!hub.leave(1, "room"));
+    }
+
+    #[test]
+    fn timers_are_capped_routed_and_forgotten() {
+        let hub = LocalHub::new(4, 64);
+        let mut a = hub.register(peer(1));
+        let t = hub.start_timer(1, Duration::from_millis(5), None).unwrap();
+        assert_eq!(
+            a.control.try_recv().unwrap(),
+            Control::StartTimer {
+                timer: t,
+                delay: Duration::from_millis(5),
+                interval: None
+            }
+        );
+        assert!(hub.cancel_timer(t));
+        assert_eq!(a.control.try_recv().unwrap(), Control::CancelTimer(t));
+        assert!(!hub.cancel_timer(t));
+        for _ in 0..MAX_PER_CONNECTION {
+            hub.start_timer(1, Duration::from_secs(1), Some(Duration::ZERO))
+                .unwrap();
+        }
+        assert_eq!(
+            hub.start_timer(1, Duration::from_secs(1), None),
+            Err(TimerError::TooMany)
+        );
+        assert_eq!(
+            hub.start_timer(7, Duration::from_secs(1), None),
+            Err(TimerError::UnknownConnection)
+        );
+        hub.unregister(1);
+        assert!(lock(&hub.timer_owners).is_empty());
+    }
+
+    #[test]
+    fn stats_count_traffic_per_connection_and_listener() {
+        let hub = LocalHub::new(4, 64);
+        let a = hub.register(peer(1));
+        let _b = hub.register(peer(2));
+        a.meter.bytes_in(10);
+        a.meter.frame_in();
+        a.meter.frame_out(7);
+        let l = hub.listener_stats();
+        assert_eq!(
+            (
+                l.connected,
+                l.accepted,
+                l.frames_in,
+                l.bytes_in,
+                l.frames_out,
+                l.bytes_out
+            ),
+            (2, 2, 1, 10, 1, 7)
+        );
+        let c = hub.connection_stats(1).unwrap();
+        assert_eq!(
+            (c.frames_in, c.bytes_in, c.frames_out, c.bytes_out),
+            (1, 10, 1, 7)
+        );
+        assert_eq!(hub.connection_stats(2).unwrap().frames_in, 0);
+        assert_eq!(hub.all_connection_stats().len(), 2);
     }
 }

@@ -8,9 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::bindings::pier::plugin::{connections, log, types};
+use super::bindings::pier::plugin::{
+    attributes, clock, connections, groups, log, stats, timers, types,
+};
 use super::bindings::{Level, Peer, SendError};
 use crate::hub::{self, ConnectionId, Hub, PeerInfo};
+use std::time::Duration;
 
 /// Longest guest log message kept; the rest is cut so a guest cannot flood the log with one call.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -34,11 +37,18 @@ pub struct HostState {
     /// Enforces the memory cap and remembers whether the guest hit it, which is how a memory
     /// fault is told apart from other traps.
     pub(crate) limiter: MemoryLimiter,
+    /// Whether the plugin exports `timer-handler`; without it `timers.start` fails.
+    pub(crate) has_timer_handler: bool,
 }
 
 impl HostState {
     /// Fresh state for a new instance.
-    pub fn new(ctx: Arc<ListenerContext>, plugin: Arc<str>, memory_limit: usize) -> Self {
+    pub fn new(
+        ctx: Arc<ListenerContext>,
+        plugin: Arc<str>,
+        memory_limit: usize,
+        has_timer_handler: bool,
+    ) -> Self {
         HostState {
             ctx,
             plugin,
@@ -47,6 +57,7 @@ impl HostState {
                 limit: memory_limit,
                 hit: false,
             },
+            has_timer_handler,
         }
     }
 }
@@ -142,6 +153,156 @@ impl connections::Host for HostState {
 
     fn lookup(&mut self, id: ConnectionId) -> Option<Peer> {
         self.ctx.hub.lookup(id).as_ref().map(peer_record)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn ms_since_epoch(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
+}
+
+fn connection_stats(s: &hub::ConnectionStats) -> stats::ConnectionStats {
+    stats::ConnectionStats {
+        peer: peer_record(&s.peer),
+        age_ms: millis(s.age),
+        frames_in: s.frames_in,
+        frames_out: s.frames_out,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+    }
+}
+
+impl attributes::Host for HostState {
+    fn set(
+        &mut self,
+        id: ConnectionId,
+        key: String,
+        value: String,
+    ) -> Result<(), attributes::AttributeError> {
+        use attributes::AttributeError as E;
+        self.ctx
+            .hub
+            .set_attribute(id, &key, value)
+            .map_err(|e| match e {
+                hub::AttributeError::UnknownConnection => E::UnknownConnection,
+                hub::AttributeError::BadKey => E::BadKey,
+                hub::AttributeError::ValueTooLong => E::ValueTooLong,
+                hub::AttributeError::TooMany => E::TooMany,
+            })
+    }
+
+    fn get(&mut self, id: ConnectionId, key: String) -> Option<String> {
+        self.ctx.hub.attribute(id, &key)
+    }
+
+    fn remove(&mut self, id: ConnectionId, key: String) -> Option<String> {
+        self.ctx.hub.remove_attribute(id, &key)
+    }
+
+    fn all(&mut self, id: ConnectionId) -> Vec<(String, String)> {
+        self.ctx.hub.attributes(id)
+    }
+
+    fn find(&mut self, key: String, value: String) -> Vec<ConnectionId> {
+        self.ctx.hub.find_attribute(&key, &value)
+    }
+}
+
+impl groups::Host for HostState {
+    fn join(&mut self, id: ConnectionId, group: String) -> Result<(), groups::GroupError> {
+        use groups::GroupError as E;
+        self.ctx.hub.join(id, &group).map_err(|e| match e {
+            hub::GroupError::UnknownConnection => E::UnknownConnection,
+            hub::GroupError::BadName => E::BadName,
+            hub::GroupError::TooMany => E::TooMany,
+        })
+    }
+
+    fn leave(&mut self, id: ConnectionId, group: String) -> bool {
+        self.ctx.hub.leave(id, &group)
+    }
+
+    fn members(&mut self, group: String) -> Vec<ConnectionId> {
+        self.ctx.hub.members(&group)
+    }
+
+    fn groups_of(&mut self, id: ConnectionId) -> Vec<String> {
+        self.ctx.hub.groups_of(id)
+    }
+
+    fn send(&mut self, group: String, frame: Vec<u8>, except: Option<ConnectionId>) -> u32 {
+        self.ctx.hub.group_send(&group, Bytes::from(frame), except)
+    }
+}
+
+impl stats::Host for HostState {
+    fn listener(&mut self) -> stats::ListenerStats {
+        let s = self.ctx.hub.listener_stats();
+        stats::ListenerStats {
+            connected: s.connected,
+            accepted: s.accepted,
+            started_at_ms: ms_since_epoch(s.started_at),
+            uptime_ms: millis(s.uptime),
+            frames_in: s.frames_in,
+            frames_out: s.frames_out,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+        }
+    }
+
+    fn connection(&mut self, id: ConnectionId) -> Option<stats::ConnectionStats> {
+        self.ctx
+            .hub
+            .connection_stats(id)
+            .as_ref()
+            .map(connection_stats)
+    }
+
+    fn connections(&mut self) -> Vec<stats::ConnectionStats> {
+        self.ctx
+            .hub
+            .all_connection_stats()
+            .iter()
+            .map(connection_stats)
+            .collect()
+    }
+}
+
+impl clock::Host for HostState {
+    fn now_ms(&mut self) -> u64 {
+        now_ms()
+    }
+}
+
+impl timers::Host for HostState {
+    fn start(
+        &mut self,
+        id: ConnectionId,
+        delay_ms: u64,
+        interval_ms: Option<u64>,
+    ) -> Result<timers::TimerId, timers::TimerError> {
+        use timers::TimerError as E;
+        if !self.has_timer_handler {
+            return Err(E::NoHandler);
+        }
+        self.ctx
+            .hub
+            .start_timer(
+                id,
+                Duration::from_millis(delay_ms),
+                interval_ms.map(Duration::from_millis),
+            )
+            .map_err(|e| match e {
+                hub::TimerError::UnknownConnection => E::UnknownConnection,
+                hub::TimerError::TooMany => E::TooMany,
+            })
+    }
+
+    fn cancel(&mut self, timer: timers::TimerId) -> bool {
+        self.ctx.hub.cancel_timer(timer)
     }
 }
 

@@ -13,7 +13,7 @@ use wasmtime::Store;
 use super::Runtime;
 use super::bindings::{CloseReason, Peer, Plugin, Refusal};
 use super::host::{HostState, ListenerContext};
-use super::plugin::LoadedPlugin;
+use super::plugin::{LoadedPlugin, OnTimer};
 use crate::hub::ConnectionId;
 
 /// What went wrong in a guest call.
@@ -55,6 +55,8 @@ pub struct Fault {
 struct Live {
     store: Store<HostState>,
     bindings: Plugin,
+    /// `timer-handler.on-timer`, when the plugin exports it.
+    on_timer: Option<OnTimer>,
 }
 
 /// The instance of one plugin on one worker thread.
@@ -107,17 +109,23 @@ impl PluginInstance {
                 self.ctx.clone(),
                 self.label.clone(),
                 self.runtime.config().memory_limit,
+                self.plugin.on_timer.is_some(),
             );
             let mut store = Store::new(self.runtime.engine(), data);
             store.limiter(|state| &mut state.limiter);
             store.set_epoch_deadline(self.runtime.deadline_ticks());
-            let bindings = self.plugin.pre.instantiate(&mut store).map_err(|err| {
+            let created = instantiate(&self.plugin, &mut store).map_err(|err| {
                 self.faults += 1;
                 let fault = Fault::new(FaultKind::Instantiate, &err);
                 tracing::error!(plugin = %self.label, "cannot instantiate the plugin: {}", fault.detail);
                 fault
             })?;
-            self.live = Some(Live { store, bindings });
+            let (bindings, on_timer) = created;
+            self.live = Some(Live {
+                store,
+                bindings,
+                on_timer,
+            });
         }
         // Just set above when it was empty.
         self.live.as_mut().ok_or_else(|| Fault {
@@ -132,13 +140,13 @@ impl PluginInstance {
     fn call<R>(
         &mut self,
         id: ConnectionId,
-        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Plugin, Option<&OnTimer>, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
         let ticks = self.runtime.deadline_ticks();
         let live = self.live()?;
         live.store.data_mut().current = Some(id);
         live.store.set_epoch_deadline(ticks);
-        let result = f(&live.bindings, &mut live.store);
+        let result = f(&live.bindings, live.on_timer.as_ref(), &mut live.store);
         match result {
             Ok(value) => {
                 live.store.data_mut().current = None;
@@ -175,14 +183,14 @@ impl PluginInstance {
 
     /// Calls `on-open`.
     pub fn on_open(&mut self, peer: &Peer) -> Result<Result<Option<Vec<u8>>, Refusal>, Fault> {
-        self.call(peer.id, |p, store| {
+        self.call(peer.id, |p, _, store| {
             p.pier_plugin_handler().call_on_open(store, peer)
         })
     }
 
     /// Calls `on-frame`.
     pub fn on_frame(&mut self, id: ConnectionId, frame: &[u8]) -> Result<Option<Vec<u8>>, Fault> {
-        self.call(id, |p, store| {
+        self.call(id, |p, _, store| {
             p.pier_plugin_handler().call_on_frame(store, id, frame)
         })
     }
@@ -190,10 +198,32 @@ impl PluginInstance {
     /// Calls `on-close`. A fault here is logged (by `call`) and otherwise ignored: the
     /// connection is gone either way.
     pub fn on_close(&mut self, id: ConnectionId, reason: CloseReason) {
-        let _ = self.call(id, |p, store| {
+        let _ = self.call(id, |p, _, store| {
             p.pier_plugin_handler().call_on_close(store, id, reason)
         });
     }
+
+    /// Calls `timer-handler.on-timer`; `Ok(None)` if the plugin does not export it.
+    pub fn on_timer(&mut self, id: ConnectionId, timer: u64) -> Result<Option<Vec<u8>>, Fault> {
+        self.call(id, |_, on_timer, store| match on_timer {
+            Some(func) => func.call(store, (id, timer)).map(|(reply,)| reply),
+            None => Ok(None),
+        })
+    }
+}
+
+/// Creates an instance of `plugin` in `store`, with its optional exports resolved.
+fn instantiate(
+    plugin: &LoadedPlugin,
+    store: &mut Store<HostState>,
+) -> wasmtime::Result<(Plugin, Option<OnTimer>)> {
+    let instance = plugin.pre.instance_pre().instantiate(&mut *store)?;
+    let bindings = Plugin::new(&mut *store, &instance)?;
+    let on_timer = match &plugin.on_timer {
+        Some(index) => Some(instance.get_typed_func(&mut *store, index)?),
+        None => None,
+    };
+    Ok((bindings, on_timer))
 }
 
 impl Fault {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, types::ComponentItem};
+use wasmtime::component::{Component, ComponentExportIndex, types::ComponentItem};
 
 use super::Runtime;
 use super::bindings::PluginPre;
@@ -20,6 +20,11 @@ use crate::hub::LocalHub;
 const PACKAGE: &str = "pier:plugin/";
 /// The one export every plugin must have.
 const HANDLER_EXPORT: &str = "pier:plugin/handler@0.1.0";
+/// The optional export of plugins that use timers.
+const TIMER_EXPORT: &str = "pier:plugin/timer-handler@0.1.0";
+
+/// The type of `timer-handler.on-timer`.
+pub type OnTimer = wasmtime::component::TypedFunc<(u64, u64), (Option<Vec<u8>>,)>;
 
 /// Why a file is not a usable plugin.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,8 @@ pub struct LoadedPlugin {
     pub imports: Vec<String>,
     /// Every export the component declares, by name.
     pub exports: Vec<String>,
+    /// Where `timer-handler.on-timer` is, if the plugin exports it.
+    pub on_timer: Option<ComponentExportIndex>,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     /// How long compiling (or loading from the cache) took.
@@ -142,13 +149,22 @@ impl Runtime {
             .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
         let pre =
             PluginPre::new(instance_pre).map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
-        self.trial_instantiate(&pre)?;
+        let on_timer = component
+            .get_export_index(None, TIMER_EXPORT)
+            .and_then(|iface| component.get_export_index(Some(&iface), "on-timer"));
+        if exports.iter().any(|e| e == TIMER_EXPORT) && on_timer.is_none() {
+            return Err(LoadError::WorldMismatch(format!(
+                "`{TIMER_EXPORT}` lacks on-timer"
+            )));
+        }
+        self.trial_instantiate(&pre, on_timer.as_ref())?;
         Ok(Arc::new(LoadedPlugin {
             name: Arc::from(name),
             version: digest[..12].to_string(),
             pre,
             imports,
             exports,
+            on_timer,
             from_cache,
             load_time: started.elapsed(),
         }))
@@ -159,12 +175,21 @@ impl Runtime {
     /// Instantiates the plugin once in a throwaway store. wasmtime checks the exported
     /// functions' types only when an instance is created, and a guest may trap in its start-up
     /// code; either must refuse the plugin now, not fault every connection later.
-    fn trial_instantiate(&self, pre: &PluginPre<HostState>) -> Result<(), LoadError> {
+    fn trial_instantiate(
+        &self,
+        pre: &PluginPre<HostState>,
+        on_timer: Option<&ComponentExportIndex>,
+    ) -> Result<(), LoadError> {
         let ctx = Arc::new(ListenerContext {
             name: Arc::from("check"),
             hub: Arc::new(LocalHub::new(1, 0)),
         });
-        let state = HostState::new(ctx, Arc::from("check"), self.config.memory_limit);
+        let state = HostState::new(
+            ctx,
+            Arc::from("check"),
+            self.config.memory_limit,
+            on_timer.is_some(),
+        );
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(self.deadline_ticks());
@@ -174,6 +199,19 @@ impl Runtime {
             let detail =
                 mistyped_handler_function(pre, &mut store).unwrap_or_else(|| format!("{err:#}"));
             return Err(LoadError::WorldMismatch(detail));
+        }
+        if let Some(index) = on_timer {
+            let instance = pre
+                .instance_pre()
+                .instantiate(&mut store)
+                .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
+            instance
+                .get_typed_func::<(u64, u64), (Option<Vec<u8>>,)>(&mut store, index)
+                .map_err(|e| {
+                    LoadError::WorldMismatch(format!(
+                        "`{TIMER_EXPORT}` function `on-timer` has the wrong type: {e:#}"
+                    ))
+                })?;
         }
         Ok(())
     }

@@ -4,6 +4,10 @@
 //! listener's maximum frame size. Decoding is check-then-parse on a connection-owned buffer: a
 //! frame is taken only once it is complete, and a length prefix above the limit is rejected from
 //! its four header bytes, before anything is allocated for the body.
+//!
+//! - [`http`]: HTTP/1.1 request boundaries (httparse), with the host answering bad requests.
+
+pub mod http;
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,6 +32,9 @@ pub enum Framing {
     Lines,
     /// Each frame is a 4-byte big-endian length followed by that many bytes (seed 004).
     LengthPrefixed,
+    /// Each frame is one whole HTTP/1.1 request (head and body); replies are whole responses,
+    /// written as they are. Bad requests are answered by the host (400, 413, 431).
+    Http,
 }
 
 impl Framing {
@@ -37,6 +44,7 @@ impl Framing {
             Framing::Raw => "raw",
             Framing::Lines => "lines",
             Framing::LengthPrefixed => "length-prefixed",
+            Framing::Http => "http",
         }
     }
 
@@ -56,6 +64,7 @@ impl Framing {
                     .max_frame_length(max_frame)
                     .new_codec(),
             ),
+            Framing::Http => Inner::Http(http::HttpDecoder::new(max_frame)),
         };
         FrameDecoder { inner, max_frame }
     }
@@ -63,7 +72,7 @@ impl Framing {
     /// Appends `frame` to `out` as it goes on the wire.
     pub fn encode(self, frame: &[u8], out: &mut BytesMut) -> Result<(), FrameError> {
         match self {
-            Framing::Raw => out.extend_from_slice(frame),
+            Framing::Raw | Framing::Http => out.extend_from_slice(frame),
             Framing::Lines => {
                 out.reserve(frame.len() + 1);
                 out.extend_from_slice(frame);
@@ -96,8 +105,9 @@ impl FromStr for Framing {
             "raw" => Ok(Framing::Raw),
             "lines" => Ok(Framing::Lines),
             "length-prefixed" => Ok(Framing::LengthPrefixed),
+            "http" => Ok(Framing::Http),
             other => Err(format!(
-                "unknown framing `{other}` (expected raw, lines or length-prefixed)"
+                "unknown framing `{other}` (expected raw, lines, length-prefixed or http)"
             )),
         }
     }
@@ -119,6 +129,24 @@ pub enum FrameError {
         /// How many bytes of the unfinished frame had arrived.
         buffered: usize,
     },
+    /// An HTTP request the host refuses itself, with the status it answers.
+    #[error("HTTP {status}: {reason}")]
+    Http {
+        /// 400, 413 or 431.
+        status: u16,
+        /// What was wrong, also sent in the response body.
+        reason: String,
+    },
+}
+
+impl FrameError {
+    /// What to tell the client before closing, where the protocol has a way to say it.
+    pub fn reply(&self) -> Option<Vec<u8>> {
+        match self {
+            FrameError::Http { status, reason } => Some(http::error_response(*status, reason)),
+            _ => None,
+        }
+    }
 }
 
 /// Cuts one connection's incoming bytes into frames.
@@ -133,6 +161,7 @@ enum Inner {
     Raw,
     Lines(AnyDelimiterCodec),
     Length(LengthDelimitedCodec),
+    Http(http::HttpDecoder),
 }
 
 impl FrameDecoder {
@@ -142,6 +171,15 @@ impl FrameDecoder {
         match self.inner {
             Inner::Raw => RAW_READ_CHUNK.min(self.max_frame),
             _ => 4096,
+        }
+    }
+
+    /// Whether the frame last returned asked for the connection to close once it is answered
+    /// (HTTP `Connection: close`).
+    pub fn close_requested(&self) -> bool {
+        match &self.inner {
+            Inner::Http(decoder) => decoder.close_requested(),
+            _ => false,
         }
     }
 
@@ -168,6 +206,7 @@ impl FrameDecoder {
                 Ok(frame) => Ok(frame.map(BytesMut::freeze)),
                 Err(_) => Err(FrameError::TooLarge { limit }),
             },
+            Inner::Http(decoder) => decoder.decode(buf),
         }
     }
 

@@ -1,0 +1,345 @@
+//! HTTP/1.1 request framing: finds where each request ends so a plugin gets exactly one whole
+//! request per frame, and refuses bad ones itself.
+//!
+//! httparse parses the request head (check-then-parse: nothing is taken from the buffer until
+//! the head is complete); the body is delimited by `Content-Length` or by `chunked`
+//! transfer-coding, walked with `httparse::parse_chunk_size`. The frame is the request exactly
+//! as received (head and body, chunked coding included), so the plugin sees what the client
+//! sent. Limits: the head (request line + headers) is at most [`MAX_HEAD`] bytes and 100
+//! headers (else 431); the body is at most the listener's `max_frame` (else 413); anything
+//! unparsable, a conflicting `Content-Length`, or both `Content-Length` and chunked is a 400.
+
+use bytes::{Bytes, BytesMut};
+
+use super::FrameError;
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most headers accepted.
+const MAX_HEADERS: usize = 100;
+
+/// How the body of the request being read is delimited.
+#[derive(Debug, Clone, Copy)]
+enum Body {
+    /// Exactly this many bytes after the head.
+    Length(usize),
+    /// Chunked: `scanned` bytes (from the start of the request) are known-good chunks, holding
+    /// `body` bytes of data.
+    Chunked { scanned: usize, body: usize },
+}
+
+/// The request currently being read, once its head is complete.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Length of the head, including the blank line.
+    head: usize,
+    /// How its body is delimited.
+    body: Body,
+    /// Whether the connection must close after this request's response.
+    close: bool,
+}
+
+/// Cuts one connection's bytes into HTTP requests.
+#[derive(Debug)]
+pub struct HttpDecoder {
+    /// Largest body accepted.
+    max_body: usize,
+    /// The request whose head has been parsed but whose body is incomplete.
+    pending: Option<Pending>,
+    /// Set when the last request returned asked for the connection to close.
+    close_after: bool,
+}
+
+impl HttpDecoder {
+    /// A decoder accepting bodies up to `max_body` bytes.
+    pub fn new(max_body: usize) -> Self {
+        HttpDecoder {
+            max_body,
+            pending: None,
+            close_after: false,
+        }
+    }
+
+    /// Whether the request last returned asked for the connection to close after its response
+    /// (`Connection: close`, or HTTP/1.0 without keep-alive).
+    pub fn close_requested(&self) -> bool {
+        self.close_after
+    }
+
+    /// Takes the next complete request out of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        let pending = match self.pending {
+            Some(p) => p,
+            None => match self.parse_head(buf)? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        self.pending = Some(pending);
+        let total = match pending.body {
+            Body::Length(len) => {
+                let total = pending.head + len;
+                if buf.len() < total {
+                    return Ok(None);
+                }
+                total
+            }
+            Body::Chunked { scanned, body } => match self.scan_chunks(buf, scanned, body)? {
+                Some(total) => total,
+                None => return Ok(None),
+            },
+        };
+        self.pending = None;
+        self.close_after = pending.close;
+        Ok(Some(buf.split_to(total).freeze()))
+    }
+
+    fn parse_head(&self, buf: &BytesMut) -> Result<Option<Pending>, FrameError> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let head = match request.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(too_large_head()),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(too_large_head()),
+            Err(e) => return Err(bad_request(&format!("malformed request: {e}"))),
+        };
+        if head > MAX_HEAD {
+            return Err(too_large_head());
+        }
+        let mut content_length: Option<usize> = None;
+        let mut chunked = false;
+        let mut close = request.version == Some(0);
+        for header in request.headers.iter() {
+            let value = std::str::from_utf8(header.value)
+                .map_err(|_| bad_request("header value is not valid text"))?
+                .trim();
+            if header.name.eq_ignore_ascii_case("content-length") {
+                let len: usize = value
+                    .parse()
+                    .map_err(|_| bad_request("invalid Content-Length"))?;
+                if content_length.is_some_and(|prev| prev != len) {
+                    return Err(bad_request("conflicting Content-Length headers"));
+                }
+                content_length = Some(len);
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                let last = value.rsplit(',').next().unwrap_or("").trim();
+                if !last.eq_ignore_ascii_case("chunked") {
+                    return Err(bad_request("unsupported Transfer-Encoding"));
+                }
+                chunked = true;
+            } else if header.name.eq_ignore_ascii_case("connection") {
+                for token in value.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        close = false;
+                    }
+                }
+            }
+        }
+        let body = match (chunked, content_length) {
+            (true, Some(_)) => {
+                return Err(bad_request(
+                    "both Content-Length and Transfer-Encoding: chunked",
+                ));
+            }
+            (true, None) => Body::Chunked {
+                scanned: head,
+                body: 0,
+            },
+            (false, Some(len)) if len > self.max_body => return Err(too_large_body(self.max_body)),
+            (false, len) => Body::Length(len.unwrap_or(0)),
+        };
+        Ok(Some(Pending { head, body, close }))
+    }
+
+    /// Walks chunks from `scanned`; returns the request's total length once the last chunk and
+    /// the trailer section are in.
+    fn scan_chunks(
+        &mut self,
+        buf: &BytesMut,
+        mut scanned: usize,
+        mut body: usize,
+    ) -> Result<Option<usize>, FrameError> {
+        let result = loop {
+            let rest = &buf[scanned..];
+            let (line, size) = match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete(found)) => found,
+                Ok(httparse::Status::Partial) => break None,
+                Err(_) => return Err(bad_request("malformed chunk size")),
+            };
+            if size == 0 {
+                // The trailer section ends with an empty line.
+                let after = &rest[line..];
+                if after.starts_with(b"\r\n") {
+                    break Some(scanned + line + 2);
+                }
+                match find(after, b"\r\n\r\n") {
+                    Some(end) => break Some(scanned + line + end + 4),
+                    None if after.len() > MAX_HEAD => return Err(too_large_head()),
+                    None => break None,
+                }
+            }
+            let size = usize::try_from(size).map_err(|_| too_large_body(self.max_body))?;
+            if body.saturating_add(size) > self.max_body {
+                return Err(too_large_body(self.max_body));
+            }
+            let end = scanned + line + size;
+            if rest.len() < line + size + 2 {
+                break None;
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(bad_request("chunk data not followed by CRLF"));
+            }
+            body += size;
+            scanned = end + 2;
+        };
+        if result.is_none()
+            && let Some(p) = self.pending.as_mut()
+        {
+            p.body = Body::Chunked { scanned, body };
+        }
+        Ok(result)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn bad_request(reason: &str) -> FrameError {
+    FrameError::Http {
+        status: 400,
+        reason: reason.to_string(),
+    }
+}
+
+fn too_large_head() -> FrameError {
+    FrameError::Http {
+        status: 431,
+        reason: format!(
+            "request head larger than {MAX_HEAD} bytes or more than {MAX_HEADERS} headers"
+        ),
+    }
+}
+
+fn too_large_body(max: usize) -> FrameError {
+    FrameError::Http {
+        status: 413,
+        reason: format!("request body larger than {max} bytes"),
+    }
+}
+
+/// The response pier sends for a request it refuses itself.
+pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
+    let title = match status {
+        400 => "Bad Request",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    };
+    let body = format!("{status} {title}: {reason}\n");
+    format!(
+        "HTTP/1.1 {status} {title}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(max_body: usize, input: &[u8]) -> (Vec<Bytes>, Option<FrameError>, HttpDecoder) {
+        let mut dec = HttpDecoder::new(max_body);
+        let mut buf = BytesMut::from(input);
+        let mut frames = Vec::new();
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => return (frames, None, dec),
+                Err(e) => return (frames, Some(e), dec),
+            }
+        }
+    }
+
+    fn status(err: Option<FrameError>) -> u16 {
+        match err {
+            Some(FrameError::Http { status, .. }) => status,
+            other => panic!("expected an HTTP error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_with_bodies_are_split_exactly() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /y HTTP/1.1\r\n\r\n";
+        let (frames, err, dec) = decode_all(1024, input);
+        assert!(err.is_none());
+        assert_eq!(frames.len(), 3);
+        assert!(frames[1].ends_with(b"\r\n\r\nhello"));
+        assert!(!dec.close_requested());
+    }
+
+    #[test]
+    fn chunked_bodies_end_at_the_last_chunk_even_when_split() {
+        let request = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
+        for split in 1..request.len() {
+            let mut dec = HttpDecoder::new(1024);
+            let mut buf = BytesMut::from(&request[..split]);
+            assert_eq!(dec.decode(&mut buf).unwrap(), None, "split at {split}");
+            buf.extend_from_slice(&request[split..]);
+            assert_eq!(dec.decode(&mut buf).unwrap().as_deref(), Some(&request[..]));
+        }
+    }
+
+    #[test]
+    fn limits_and_malformed_requests_map_to_status_codes() {
+        let (_, err, _) = decode_all(4, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(status(err), 413);
+        let (_, err, _) = decode_all(
+            4,
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        );
+        assert_eq!(status(err), 413);
+        let big = format!(
+            "GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD + 1)
+        );
+        let (_, err, _) = decode_all(4, big.as_bytes());
+        assert_eq!(status(err), 431);
+        let unfinished = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(MAX_HEAD + 1));
+        let (_, err, _) = decode_all(4, unfinished.as_bytes());
+        assert_eq!(
+            status(err),
+            431,
+            "an endless head is refused before it completes"
+        );
+        let (_, err, _) = decode_all(4, b"\x00\x01garbage\r\n\r\n");
+        assert_eq!(status(err), 400);
+        let (_, err, _) = decode_all(
+            4,
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert_eq!(status(err), 400);
+        let (_, err, _) = decode_all(
+            64,
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(status(err), 400);
+    }
+
+    #[test]
+    fn connection_close_and_http_1_0_ask_to_close() {
+        let (_, _, dec) = decode_all(8, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(dec.close_requested());
+        let (_, _, dec) = decode_all(8, b"GET / HTTP/1.0\r\n\r\n");
+        assert!(dec.close_requested());
+        let (_, _, dec) = decode_all(8, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!dec.close_requested());
+    }
+}
