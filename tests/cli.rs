@@ -515,3 +515,25 @@ fn on_close_gets_the_shutdown_reason_and_guest_logs_are_tagged_with_the_plugin()
         "{line}"
     );
 }
+
+#[test]
+fn built_in_plugins_bring_their_own_framing() {
+    for (plugin, framing) in [
+        ("chat", "lines"),
+        ("http", "http"),
+        ("stats", "lines"),
+        ("lpjson", "length-prefixed"),
+        ("echo", "raw"),
+    ] {
+        let served = Served::start(&[plugin, "--listen", "127.0.0.1:0"]);
+        let line = served.log();
+        assert!(
+            line.contains(&format!("(plugin {plugin}, framing {framing})")),
+            "{plugin}: {line}"
+        );
+    }
+    // The default framing can be overridden.
+    let served = Served::start(&["stats", "--listen", "127.0.0.1:0", "--framing", "raw"]);
+    let out = run(pier().args(["send", &served.addr, "x"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"connected_clients\":1"));
+}

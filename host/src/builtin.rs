@@ -1,4 +1,5 @@
-//! The plugins compiled into the binary, selectable by name (`pier serve echo`).
+//! The plugins compiled into the binary, selectable by name (`pier serve chat`), each with the
+//! framing it is meant for.
 //!
 //! `host/build.rs` builds every crate under `guests/` for `wasm32-wasip2`; the built-in ones are
 //! embedded here, the test-only ones stay on disk in [`guest_dir`].
@@ -21,12 +22,38 @@ pub struct Builtin {
 }
 
 /// Every built-in plugin.
-pub const BUILTINS: &[Builtin] = &[Builtin {
-    name: "echo",
-    summary: "replies `Echo: ` followed by each frame",
-    framing: Framing::Raw,
-    wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_echo.wasm")),
-}];
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "echo",
+        summary: "replies `Echo: ` followed by each frame",
+        framing: Framing::Raw,
+        wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_echo.wasm")),
+    },
+    Builtin {
+        name: "chat",
+        summary: "a chat room for nc/telnet: names, /list, /nick, /quit",
+        framing: Framing::Lines,
+        wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_chat.wasm")),
+    },
+    Builtin {
+        name: "http",
+        summary: "HTTP/1.1: / (HTML), /time and /stats (JSON)",
+        framing: Framing::Http,
+        wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_http.wasm")),
+    },
+    Builtin {
+        name: "stats",
+        summary: "answers each line with a line of JSON: live listener and connection figures",
+        framing: Framing::Lines,
+        wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_stats.wasm")),
+    },
+    Builtin {
+        name: "lpjson",
+        summary: "seed 004's length-prefixed JSON protocol: ping, echo, broadcast, get_stats",
+        framing: Framing::LengthPrefixed,
+        wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_lpjson.wasm")),
+    },
+];
 
 /// Looks a built-in plugin up by name.
 pub fn find(name: &str) -> Option<&'static Builtin> {

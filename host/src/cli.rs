@@ -47,7 +47,7 @@ pub enum Command {
 /// `pier serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A plugin: a `.wasm` component file or the name of a built-in plugin (echo).
+    /// A plugin: a `.wasm` component file or a built-in: echo, chat, http, stats, lpjson.
     #[arg(default_value = "echo")]
     pub plugin: String,
 
@@ -55,7 +55,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
 
-    /// How frames are delimited. Default: the built-in plugin's own framing, or raw.
+    /// How frames are delimited. Default: the built-in plugin's own framing (echo raw, chat and
+    /// stats lines, http http, lpjson length-prefixed), or raw for a file.
     #[arg(long, value_enum)]
     pub framing: Option<Framing>,
 
@@ -78,6 +79,10 @@ pub struct ServeArgs {
     /// Most memory one plugin instance may use, e.g. `64MiB`.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub memory_limit: usize,
+
+    /// Replace each worker's plugin instance after this many calls (fresh guest memory).
+    #[arg(long)]
+    pub recycle_after: Option<u64>,
 
     /// Frames that may wait for a slow client before further sends to it fail.
     #[arg(long, default_value_t = DEFAULT_WRITE_QUEUE)]
@@ -225,6 +230,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         memory_limit: args.memory_limit,
         call_deadline: args.call_deadline,
+        recycle_after: args.recycle_after,
         cache_dir: if args.no_cache {
             None
         } else {

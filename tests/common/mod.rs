@@ -23,10 +23,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The built-in echo plugin.
 pub fn echo_wasm() -> Vec<u8> {
-    pier::builtin::find("echo")
-        .expect("echo is built in")
-        .wasm
-        .to_vec()
+    builtin_wasm("echo")
+}
+
+/// A built-in plugin's component.
+pub fn builtin_wasm(name: &str) -> Vec<u8> {
+    pier::builtin::find(name).expect("built in").wasm.to_vec()
 }
 
 /// The misbehaving test plugin (see guests/faulty).
@@ -38,18 +40,19 @@ pub fn faulty_wasm() -> Vec<u8> {
 /// A runtime with a short call deadline, shared by the tests of one binary.
 pub fn runtime() -> Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
-    RT.get_or_init(|| {
-        Runtime::new(RuntimeConfig {
-            call_deadline: Duration::from_millis(300),
-            memory_limit: 32 * 1024 * 1024,
-            cache_dir: Some(
-                std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pier-cache"),
-            ),
-            max_instances: 128,
-        })
-        .expect("runtime")
+    RT.get_or_init(|| runtime_with(None)).clone()
+}
+
+/// A runtime like [`runtime`], optionally replacing instances after every `recycle_after` calls.
+pub fn runtime_with(recycle_after: Option<u64>) -> Arc<Runtime> {
+    Runtime::new(RuntimeConfig {
+        call_deadline: Duration::from_millis(300),
+        memory_limit: 32 * 1024 * 1024,
+        cache_dir: Some(std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pier-cache")),
+        max_instances: 128,
+        recycle_after,
     })
-    .clone()
+    .expect("runtime")
 }
 
 /// How to start a test server.
@@ -62,6 +65,8 @@ pub struct Options {
     pub workers: usize,
     /// Connection limit.
     pub max_connections: usize,
+    /// Replace instances after this many calls (a dedicated runtime is made for it).
+    pub recycle_after: Option<u64>,
 }
 
 impl Default for Options {
@@ -71,6 +76,7 @@ impl Default for Options {
             max_frame: 1024 * 1024,
             workers: 2,
             max_connections: 10_000,
+            recycle_after: None,
         }
     }
 }
@@ -88,7 +94,10 @@ pub struct TestServer {
 impl TestServer {
     /// Loads `wasm` and serves it on 127.0.0.1:0.
     pub async fn start(wasm: &[u8], opts: Options) -> TestServer {
-        let runtime = runtime();
+        let runtime = match opts.recycle_after {
+            Some(n) => runtime_with(Some(n)),
+            None => runtime(),
+        };
         let plugin = runtime.load_plugin("test", wasm).expect("plugin loads");
         let shared = ListenerShared::new("test", opts.framing, opts.max_frame, 64, plugin);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

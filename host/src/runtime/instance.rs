@@ -73,6 +73,8 @@ pub struct PluginInstance {
     live: Option<Live>,
     /// How many faults this worker's instances had, for logs.
     faults: u64,
+    /// Calls made on the current instance, for `recycle_after`.
+    calls: u64,
 }
 
 impl PluginInstance {
@@ -90,6 +92,7 @@ impl PluginInstance {
             label,
             live: None,
             faults: 0,
+            calls: 0,
         }
     }
 
@@ -150,6 +153,16 @@ impl PluginInstance {
         match result {
             Ok(value) => {
                 live.store.data_mut().current = None;
+                self.calls += 1;
+                if self
+                    .runtime
+                    .config()
+                    .recycle_after
+                    .is_some_and(|n| self.calls >= n)
+                {
+                    self.live = None;
+                    self.calls = 0;
+                }
                 Ok(value)
             }
             Err(err) => {
@@ -164,6 +177,7 @@ impl PluginInstance {
                     FaultKind::Trap
                 };
                 self.live = None;
+                self.calls = 0;
                 self.faults += 1;
                 let fault = Fault::new(kind, &err);
                 tracing::error!(

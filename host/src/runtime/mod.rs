@@ -48,6 +48,9 @@ pub struct RuntimeConfig {
     /// How many plugin instances may exist at once (pool slots), across all workers, listeners
     /// and plugin versions.
     pub max_instances: u32,
+    /// Replace a worker's instance after this many calls (fresh guest memory; bounds the damage
+    /// of a plugin that leaks). `None`: keep it until it faults.
+    pub recycle_after: Option<u64>,
 }
 
 impl Default for RuntimeConfig {
@@ -57,6 +60,7 @@ impl Default for RuntimeConfig {
             call_deadline: Duration::from_secs(1),
             cache_dir: ArtifactCache::default_dir(),
             max_instances: 1000,
+            recycle_after: None,
         }
     }
 }
