@@ -49,6 +49,7 @@ impl Served {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line.clone());
                     if let Some(rest) = line.strip_prefix("pier: listening on ") {
                         let addr = rest
                             .split_whitespace()
@@ -57,7 +58,6 @@ impl Served {
                             .to_string();
                         let _ = tx.send((addr, line.clone()));
                     }
-                    lines.lock().unwrap().push(line);
                 }
             });
         }
