@@ -537,3 +537,50 @@ fn built_in_plugins_bring_their_own_framing() {
     let out = run(pier().args(["send", &served.addr, "x"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"connected_clients\":1"));
 }
+
+#[test]
+fn interactive_send_speaks_seed_004_commands_and_plain_lines() {
+    let served = Served::start(&["lpjson", "--listen", "127.0.0.1:0"]);
+    let mut child = pier()
+        .args(["send", "-i", &served.addr, "--framing", "length-prefixed"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"/ping\n/echo hi there\n/stats\n{\"type\": \"nope\"}\n/exit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON frame per line"))
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["pong", "echo_response", "server_stats", "error"]);
+    assert_eq!(lines[1]["content"], "hi there");
+
+    let chat = Served::start(&["chat", "--listen", "127.0.0.1:0"]);
+    let mut child = pier()
+        .args(["send", "-i", &chat.addr, "--framing", "lines"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"zoe\n/list\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "Welcome to pier chat! Enter your name:\nHello zoe! You can now chat.\nOnline (1): zoe\n"
+    );
+}

@@ -196,3 +196,22 @@ async fn guest_log_calls_return_and_shutdown_closes_every_connection() {
         }
     }
 }
+
+#[tokio::test]
+async fn timers_fire_once_or_periodically_and_can_be_cancelled() {
+    let server = server().await;
+    let (mut a, _) = join(&server).await;
+    let reply = ask(&mut a, "after 20").await;
+    let one_shot: u64 = reply.strip_prefix("timer ").expect(&reply).parse().unwrap();
+    assert_eq!(next(&mut a).await, format!("fired {one_shot}"));
+
+    let reply = ask(&mut a, "every 10").await;
+    let periodic: u64 = reply.strip_prefix("timer ").expect(&reply).parse().unwrap();
+    for n in 1..=3 {
+        assert_eq!(next(&mut a).await, format!("tick {periodic} {n}"));
+    }
+    // Cancelled by the plugin after the third tick: the next frame is the answer to a ping.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(ask(&mut a, "ping").await, "Echo: ping");
+    server.stop().await;
+}

@@ -108,9 +108,15 @@ pub struct SendArgs {
     /// Server address, e.g. `127.0.0.1:8080`.
     pub addr: String,
 
-    /// The message (one frame). Omit it with `--stdin`.
-    #[arg(required_unless_present = "stdin")]
+    /// The message (one frame). Omit it with `--stdin` or `--interactive`.
+    #[arg(required_unless_present_any = ["stdin", "interactive"])]
     pub message: Option<String>,
+
+    /// Interactive: send each line typed as a frame and print every frame that arrives. With
+    /// `--framing length-prefixed`, `/ping`, `/echo TEXT`, `/broadcast TEXT`, `/stats`,
+    /// `/custom TYPE` build seed 004 messages. `/exit` or end of input quits.
+    #[arg(short, long, conflicts_with_all = ["message", "stdin", "hex"])]
+    pub interactive: bool,
 
     /// How frames are delimited.
     #[arg(long, value_enum, default_value = "raw")]
@@ -320,6 +326,18 @@ async fn shutdown_signal() {
 }
 
 fn send(args: SendArgs) -> Result<()> {
+    if args.interactive {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        return Ok(rt.block_on(crate::client::interactive(
+            &args.addr,
+            args.framing,
+            args.max_frame,
+            args.timeout,
+        ))?);
+    }
     let message: Vec<u8> = if args.stdin {
         let mut buf = Vec::new();
         std::io::stdin()

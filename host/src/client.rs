@@ -129,3 +129,107 @@ async fn read_reply(
         }
     }
 }
+
+/// What one line typed in interactive mode becomes on the wire. With length-prefixed framing,
+/// seed 004's commands are understood (`/ping`, `/echo TEXT`, `/broadcast TEXT`, `/stats`,
+/// `/custom TYPE`); a line that is already a JSON object is sent as it is, other text as a
+/// `message`. With other framings the line is sent as it is. `None` means `/exit`.
+pub fn interactive_frame(framing: Framing, line: &str) -> Option<Vec<u8>> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim() == "/exit" {
+        return None;
+    }
+    if framing != Framing::LengthPrefixed {
+        return Some(line.as_bytes().to_vec());
+    }
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let (command, arg) = line.split_once(' ').unwrap_or((line, ""));
+    let message = match command {
+        "/ping" => {
+            serde_json::json!({"type": "ping", "timestamp": now, "client_info": "pier send -i"})
+        }
+        "/echo" => serde_json::json!({"type": "echo", "content": arg, "timestamp": now}),
+        "/broadcast" => serde_json::json!({"type": "broadcast", "content": arg, "timestamp": now}),
+        "/stats" => serde_json::json!({"type": "get_stats", "timestamp": now}),
+        "/custom" => serde_json::json!({"type": arg, "timestamp": now}),
+        _ if line.trim_start().starts_with('{') => return Some(line.as_bytes().to_vec()),
+        _ => serde_json::json!({"type": "message", "content": line, "timestamp": now}),
+    };
+    Some(message.to_string().into_bytes())
+}
+
+/// `pier send -i`: sends each line typed on standard input as a frame and prints every frame
+/// that arrives, as it arrives, one per line. Ends on `/exit` or end of input (after the server
+/// has answered and closed, or `idle` passed without a frame), or when the server closes.
+pub async fn interactive(
+    addr: &str,
+    framing: Framing,
+    max_frame: usize,
+    idle: Duration,
+) -> Result<(), SendFailure> {
+    use tokio::io::AsyncBufReadExt;
+
+    let stream = TcpStream::connect(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::ConnectionRefused {
+            SendFailure::Refused(addr.to_string())
+        } else {
+            SendFailure::Connect {
+                addr: addr.to_string(),
+                source,
+            }
+        }
+    })?;
+    stream.set_nodelay(true).ok();
+    let io_err = |source| SendFailure::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut decoder = framing.decoder(max_frame);
+    let mut buf = BytesMut::new();
+    let mut input_done = false;
+    loop {
+        buf.reserve(decoder.read_hint());
+        tokio::select! {
+            line = stdin.next_line(), if !input_done => {
+                let frame = match line.map_err(io_err)? {
+                    Some(line) => interactive_frame(framing, &line),
+                    None => None,
+                };
+                match frame {
+                    Some(frame) => {
+                        let mut out = BytesMut::new();
+                        framing.encode(&frame, &mut out).map_err(|source| SendFailure::BadReply { addr: addr.to_string(), source })?;
+                        writer.write_all(&out).await.map_err(io_err)?;
+                    }
+                    None => {
+                        input_done = true;
+                        writer.shutdown().await.map_err(io_err)?;
+                    }
+                }
+            }
+            read = reader.read_buf(&mut buf) => {
+                let n = read.map_err(io_err)?;
+                let bad = |source| SendFailure::BadReply { addr: addr.to_string(), source };
+                let mut out = std::io::stdout().lock();
+                loop {
+                    let frame = if n == 0 { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
+                    match frame.map_err(bad)? {
+                        Some(frame) => {
+                            use std::io::Write;
+                            let _ = out.write_all(&frame);
+                            let _ = out.write_all(b"\n");
+                            let _ = out.flush();
+                        }
+                        None => break,
+                    }
+                }
+                if n == 0 {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(idle), if input_done => return Ok(()),
+        }
+    }
+}

@@ -8,18 +8,21 @@
 //!   `broadcast TEXT` → queues TEXT for everyone else and replies `reached N`;
 //!   `close` → replies `bye` and closes itself; `close ID` → closes ID, replies `closed true|false`;
 //!   `ordered` → sends `first` to itself, then replies `second`; `log TEXT` → logs TEXT at info;
+//!   `after MS` → a one-shot timer that fires `fired ID`; `every MS` → a periodic timer whose
+//!   firings say `tick ID N` and which cancels itself after the third (count kept in the host);
 //!   anything else → `Echo: ` + frame;
 //! - on close: logs and tells everyone else `left ID REASON`.
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "plugin",
+    world: "plugin-with-timers",
 });
 
 use exports::pier::plugin::handler::{CloseReason, ConnectionId, Guest, Peer, Refusal};
 use pier::plugin::connections::{self, SendError};
 use pier::plugin::log;
 use pier::plugin::types::Level;
+use pier::plugin::{attributes, timers};
 
 /// Most connections accepted at once.
 const CAPACITY: usize = 5;
@@ -94,6 +97,20 @@ impl Guest for Testkit {
                 let _ = connections::send(id, b"first");
                 "second".to_string()
             }
+            "after" | "every" => {
+                let ms: u64 = rest.parse().unwrap_or(10);
+                let interval = (command == "every").then_some(ms);
+                match timers::start(id, ms, interval) {
+                    Ok(timer) => {
+                        if interval.is_some() {
+                            // The tick count lives in the host, like all durable state.
+                            let _ = attributes::set(id, &format!("ticks-{timer}"), "0");
+                        }
+                        format!("timer {timer}")
+                    }
+                    Err(e) => format!("timer error {e:?}"),
+                }
+            }
             "log" => {
                 log::log(Level::Info, rest);
                 "logged".to_string()
@@ -107,6 +124,21 @@ impl Guest for Testkit {
         let note = format!("left {id} {}", reason_name(reason));
         log::log(Level::Info, &note);
         connections::broadcast(note.as_bytes(), None);
+    }
+}
+
+impl exports::pier::plugin::timer_handler::Guest for Testkit {
+    fn on_timer(id: ConnectionId, timer: u64) -> Option<Vec<u8>> {
+        let key = format!("ticks-{timer}");
+        let Some(count) = attributes::get(id, &key) else {
+            return Some(format!("fired {timer}").into_bytes());
+        };
+        let count: u32 = count.parse().unwrap_or(0) + 1;
+        let _ = attributes::set(id, &key, &count.to_string());
+        if count >= 3 {
+            timers::cancel(timer);
+        }
+        Some(format!("tick {timer} {count}").into_bytes())
     }
 }
 
