@@ -42,6 +42,11 @@ pub enum Command {
     Send(SendArgs),
     /// Check that a file is a pier plugin and show what it imports and exports.
     Check(CheckArgs),
+    /// Load a server with frames and report round trips/s, latency and server CPU; with
+    /// `--compare`, pier against the native baseline in the same run.
+    Bench(crate::bench::BenchArgs),
+    /// Run the native (no WebAssembly) echo server that benchmarks compare pier with.
+    Baseline(crate::bench::BaselineArgs),
 }
 
 /// `pier serve`.
@@ -163,6 +168,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve(args),
         Command::Send(args) => send(args),
         Command::Check(args) => check(args),
+        Command::Bench(args) => crate::bench::bench_main(args),
+        Command::Baseline(args) => crate::bench::baseline_main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

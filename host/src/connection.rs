@@ -32,8 +32,18 @@ use crate::worker::{Job, Shutdown};
 /// answered, a client that keeps streaming cannot hold shutdown up.
 const DRAIN_READ_LIMIT: usize = 1024 * 1024;
 
-/// Write-buffer capacity kept between writes; anything larger is released after the write.
-const KEEP_WRITE_CAPACITY: usize = 16 * 1024;
+/// Most frames handed to a `batch-handler` in one call (the WIT contract's limit).
+const MAX_BATCH: usize = 1024;
+
+/// How much one read takes at most (each worker reads into one shared scratch buffer).
+const READ_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The worker's read scratch: sockets are read here and only the bytes that arrived are
+    /// copied into the connection, so a connection holds no read buffer while idle (and a
+    /// partial frame costs its own size, not a whole read chunk).
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
 
 /// Serves one connection until it closes, then tells the plugin.
 pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Shutdown) {
@@ -89,6 +99,7 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
             closing: None,
             timers: DelayQueue::new(),
             timer_slots: HashMap::new(),
+            batch: Vec::new(),
         };
 
         let opened = conn.instance.borrow_mut().on_open(&record);
@@ -165,6 +176,8 @@ struct Connection {
     timers: DelayQueue<TimerId>,
     /// Each running timer's slot in `timers` and its repeat interval.
     timer_slots: HashMap<TimerId, (delay_queue::Key, Option<Duration>)>,
+    /// Frames decoded from the current read, kept to reuse its allocation.
+    batch: Vec<Bytes>,
 }
 
 /// Why the main loop stopped.
@@ -233,43 +246,96 @@ impl Connection {
     /// One non-blocking read into the read buffer: `Some(0)` at end of stream, `None` if
     /// nothing is available right now.
     fn try_read(&mut self) -> io::Result<Option<usize>> {
-        self.read_buf.reserve(self.decoder.read_hint());
-        match self.stream.try_read_buf(&mut self.read_buf) {
-            Ok(n) => {
-                self.mailbox.meter.bytes_in(n);
-                Ok(Some(n))
-            }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(err) => Err(err),
-        }
+        let limit = self.decoder.read_hint().clamp(1, READ_CHUNK);
+        SCRATCH.with_borrow_mut(
+            |scratch| match self.stream.try_read(&mut scratch[..limit]) {
+                Ok(n) => {
+                    self.mailbox.meter.bytes_in(n);
+                    self.read_buf.extend_from_slice(&scratch[..n]);
+                    Ok(Some(n))
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(err) => Err(err),
+            },
+        )
     }
 
     /// Hands every complete frame in the read buffer to the plugin, in order, collecting the
-    /// replies. Stops early if the plugin closes the connection or faults.
+    /// replies. Frames from one read go to a `batch-handler` plugin in one call; otherwise one
+    /// call each, stopping early if the plugin closes the connection or faults.
     fn handle_frames(&mut self, eof: bool) -> Result<(), Closed> {
-        while self.closing.is_none() {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut broken = None;
+        let mut close_after = false;
+        while self.closing.is_none() && batch.len() < MAX_BATCH {
             let decoded = if eof {
                 self.decoder.decode_eof(&mut self.read_buf)
             } else {
                 self.decoder.decode(&mut self.read_buf)
             };
-            let frame = match decoded {
-                Ok(Some(frame)) => frame,
+            match decoded {
+                Ok(Some(frame)) => {
+                    self.mailbox.meter.frame_in();
+                    batch.push(frame);
+                    if self.decoder.close_requested() {
+                        // Frames after one that asked to close are never handled.
+                        close_after = true;
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(err) => {
-                    warn!("protocol error, closing: {err}");
-                    if let Some(reply) = err.reply() {
-                        self.mailbox.meter.frame_out(reply.len());
-                        self.write_buf.extend_from_slice(&reply);
-                    }
-                    return Err(CloseReason::ProtocolError);
+                    broken = Some(err);
+                    break;
                 }
-            };
-            self.mailbox.meter.frame_in();
-            self.handle_frame(&frame)?;
-            if self.decoder.close_requested() && self.closing.is_none() {
-                self.closing = Some(CloseReason::PeerClosed);
             }
+        }
+        let full = batch.len() >= MAX_BATCH;
+        let handled = self.handle_batch(&batch);
+        batch.clear();
+        self.batch = batch;
+        handled?;
+        if close_after && self.closing.is_none() {
+            self.closing = Some(CloseReason::PeerClosed);
+        }
+        if let Some(err) = broken {
+            warn!("protocol error, closing: {err}");
+            if let Some(reply) = err.reply() {
+                self.mailbox.meter.frame_out(reply.len());
+                self.write_buf.extend_from_slice(&reply);
+            }
+            return Err(CloseReason::ProtocolError);
+        }
+        // More may be buffered than one batch takes.
+        if full && self.closing.is_none() {
+            return self.handle_frames(eof);
+        }
+        Ok(())
+    }
+
+    fn handle_batch(&mut self, batch: &[Bytes]) -> Result<(), Closed> {
+        if batch.len() > 1 && self.instance.borrow().takes_batches() {
+            let frames: Vec<&[u8]> = batch.iter().map(|f| &f[..]).collect();
+            let result = self.instance.borrow_mut().on_frames(self.id, &frames);
+            self.take_mailbox();
+            if self.mailbox.close.is_cancelled() {
+                self.closing = Some(CloseReason::PluginClosed);
+            }
+            return match result {
+                Ok(replies) => {
+                    for reply in replies.into_iter().flatten() {
+                        self.queue_reply(&reply);
+                    }
+                    Ok(())
+                }
+                Err(_fault) => Err(CloseReason::Fault),
+            };
+        }
+        for frame in batch {
+            if self.closing.is_some() {
+                break;
+            }
+            self.handle_frame(frame)?;
         }
         Ok(())
     }
@@ -356,12 +422,9 @@ impl Connection {
             _ = self.shutdown.force.cancelled() => Err(io::Error::other("shutdown deadline passed")),
             r = self.stream.write_all(&self.write_buf) => r,
         };
-        if self.write_buf.capacity() > KEEP_WRITE_CAPACITY {
-            // A burst of replies should not pin its buffer for the connection's lifetime.
-            self.write_buf = BytesMut::new();
-        } else {
-            self.write_buf.clear();
-        }
+        // Release the buffer: an idle connection should hold none, and a small allocation per
+        // written batch costs little next to the write itself.
+        self.write_buf = BytesMut::new();
         result.map_err(|err| {
             debug!("write failed: {err}");
             CloseReason::IoError

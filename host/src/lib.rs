@@ -17,7 +17,10 @@
 //!   instances with deadlines, memory caps and fault recovery.
 //! - [`builtin`]: plugins embedded in the binary (echo).
 //! - [`client`]: the client side used by `pier send`.
+//! - [`bench`]: `pier bench` (load generator) and `pier baseline` (the native server it compares
+//!   pier with).
 
+pub mod bench;
 pub mod builtin;
 pub mod cli;
 pub mod client;

@@ -165,12 +165,13 @@ enum Inner {
 }
 
 impl FrameDecoder {
-    /// How many bytes to make room for before the next read: raw frames are single reads, so
-    /// their chunk is capped by the frame limit.
+    /// How many bytes one read should take at most: raw frames are single reads, so their
+    /// chunk is capped by the frame limit; other framings take a whole chunk (more frames per
+    /// read means bigger batches).
     pub fn read_hint(&self) -> usize {
         match self.inner {
             Inner::Raw => RAW_READ_CHUNK.min(self.max_frame),
-            _ => 4096,
+            _ => RAW_READ_CHUNK,
         }
     }
 

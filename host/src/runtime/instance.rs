@@ -13,8 +13,9 @@ use wasmtime::Store;
 use super::Runtime;
 use super::bindings::{CloseReason, Peer, Plugin, Refusal};
 use super::host::{HostState, ListenerContext};
-use super::plugin::{LoadedPlugin, OnTimer};
+use super::plugin::{LoadedPlugin, OnFrames, OnTimer};
 use crate::hub::ConnectionId;
+use wasmtime::component::Func;
 
 /// What went wrong in a guest call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +56,18 @@ pub struct Fault {
 struct Live {
     store: Store<HostState>,
     bindings: Plugin,
-    /// `timer-handler.on-timer`, when the plugin exports it.
+    /// The optional exports this instance has.
+    extras: Extras,
+}
+
+/// An instance's optional exports.
+#[derive(Default)]
+pub struct Extras {
+    /// `timer-handler.on-timer`.
     on_timer: Option<OnTimer>,
+    /// `batch-handler.on-frames`, type-checked at load; typed per call because its parameter
+    /// type borrows the frames.
+    on_frames: Option<Func>,
 }
 
 /// The instance of one plugin on one worker thread.
@@ -112,7 +123,7 @@ impl PluginInstance {
                 self.ctx.clone(),
                 self.label.clone(),
                 self.runtime.config().memory_limit,
-                self.plugin.on_timer.is_some(),
+                self.plugin.optional.on_timer.is_some(),
             );
             let mut store = Store::new(self.runtime.engine(), data);
             store.limiter(|state| &mut state.limiter);
@@ -123,11 +134,11 @@ impl PluginInstance {
                 tracing::error!(plugin = %self.label, "cannot instantiate the plugin: {}", fault.detail);
                 fault
             })?;
-            let (bindings, on_timer) = created;
+            let (bindings, extras) = created;
             self.live = Some(Live {
                 store,
                 bindings,
-                on_timer,
+                extras,
             });
         }
         // Just set above when it was empty.
@@ -143,13 +154,13 @@ impl PluginInstance {
     fn call<R>(
         &mut self,
         id: ConnectionId,
-        f: impl FnOnce(&Plugin, Option<&OnTimer>, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Plugin, &Extras, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
         let ticks = self.runtime.deadline_ticks();
         let live = self.live()?;
         live.store.data_mut().current = Some(id);
         live.store.set_epoch_deadline(ticks);
-        let result = f(&live.bindings, live.on_timer.as_ref(), &mut live.store);
+        let result = f(&live.bindings, &live.extras, &mut live.store);
         match result {
             Ok(value) => {
                 live.store.data_mut().current = None;
@@ -219,10 +230,36 @@ impl PluginInstance {
 
     /// Calls `timer-handler.on-timer`; `Ok(None)` if the plugin does not export it.
     pub fn on_timer(&mut self, id: ConnectionId, timer: u64) -> Result<Option<Vec<u8>>, Fault> {
-        self.call(id, |_, on_timer, store| match on_timer {
+        self.call(id, |_, extras, store| match &extras.on_timer {
             Some(func) => func.call(store, (id, timer)).map(|(reply,)| reply),
             None => Ok(None),
         })
+    }
+
+    /// Whether the plugin takes batches (`batch-handler`).
+    pub fn takes_batches(&self) -> bool {
+        self.plugin.optional.on_frames.is_some()
+    }
+
+    /// Calls `batch-handler.on-frames` with several frames; the result has exactly one entry
+    /// per frame.
+    pub fn on_frames(
+        &mut self,
+        id: ConnectionId,
+        frames: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, Fault> {
+        let mut replies = self.call(id, |_, extras, store| match extras.on_frames {
+            Some(func) => {
+                // SAFETY: the signature was checked with `get_typed_func` when the plugin was
+                // loaded (`Runtime::trial_instantiate`), and this function comes from an
+                // instance of that same component.
+                let typed: OnFrames<'_> = unsafe { OnFrames::new_unchecked(func) };
+                typed.call(store, (id, frames)).map(|(replies,)| replies)
+            }
+            None => Ok(Vec::new()),
+        })?;
+        replies.resize(frames.len(), None);
+        Ok(replies)
     }
 }
 
@@ -230,14 +267,17 @@ impl PluginInstance {
 fn instantiate(
     plugin: &LoadedPlugin,
     store: &mut Store<HostState>,
-) -> wasmtime::Result<(Plugin, Option<OnTimer>)> {
+) -> wasmtime::Result<(Plugin, Extras)> {
     let instance = plugin.pre.instance_pre().instantiate(&mut *store)?;
     let bindings = Plugin::new(&mut *store, &instance)?;
-    let on_timer = match &plugin.on_timer {
-        Some(index) => Some(instance.get_typed_func(&mut *store, index)?),
-        None => None,
-    };
-    Ok((bindings, on_timer))
+    let mut extras = Extras::default();
+    if let Some(index) = &plugin.optional.on_timer {
+        extras.on_timer = Some(instance.get_typed_func(&mut *store, index)?);
+    }
+    if let Some(index) = &plugin.optional.on_frames {
+        extras.on_frames = instance.get_func(&mut *store, index);
+    }
+    Ok((bindings, extras))
 }
 
 impl Fault {

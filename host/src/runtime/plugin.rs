@@ -23,8 +23,24 @@ const HANDLER_EXPORT: &str = "pier:plugin/handler@0.1.0";
 /// The optional export of plugins that use timers.
 const TIMER_EXPORT: &str = "pier:plugin/timer-handler@0.1.0";
 
+/// The optional export of plugins that take batches of frames.
+const BATCH_EXPORT: &str = "pier:plugin/batch-handler@0.1.0";
+
 /// The type of `timer-handler.on-timer`.
 pub type OnTimer = wasmtime::component::TypedFunc<(u64, u64), (Option<Vec<u8>>,)>;
+
+/// The type of `batch-handler.on-frames` (for any lifetime of the frames).
+pub type OnFrames<'a> =
+    wasmtime::component::TypedFunc<(u64, &'a [&'a [u8]]), (Vec<Option<Vec<u8>>>,)>;
+
+/// Where a plugin's optional exports are, found once at load.
+#[derive(Clone, Debug, Default)]
+pub struct OptionalExports {
+    /// `timer-handler.on-timer`.
+    pub on_timer: Option<ComponentExportIndex>,
+    /// `batch-handler.on-frames`.
+    pub on_frames: Option<ComponentExportIndex>,
+}
 
 /// Why a file is not a usable plugin.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +83,8 @@ pub struct LoadedPlugin {
     pub imports: Vec<String>,
     /// Every export the component declares, by name.
     pub exports: Vec<String>,
-    /// Where `timer-handler.on-timer` is, if the plugin exports it.
-    pub on_timer: Option<ComponentExportIndex>,
+    /// Where the optional exports are, for those the plugin has.
+    pub optional: OptionalExports,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     /// How long compiling (or loading from the cache) took.
@@ -149,22 +165,18 @@ impl Runtime {
             .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
         let pre =
             PluginPre::new(instance_pre).map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
-        let on_timer = component
-            .get_export_index(None, TIMER_EXPORT)
-            .and_then(|iface| component.get_export_index(Some(&iface), "on-timer"));
-        if exports.iter().any(|e| e == TIMER_EXPORT) && on_timer.is_none() {
-            return Err(LoadError::WorldMismatch(format!(
-                "`{TIMER_EXPORT}` lacks on-timer"
-            )));
-        }
-        self.trial_instantiate(&pre, on_timer.as_ref())?;
+        let optional = OptionalExports {
+            on_timer: optional_export(&component, &exports, TIMER_EXPORT, "on-timer")?,
+            on_frames: optional_export(&component, &exports, BATCH_EXPORT, "on-frames")?,
+        };
+        self.trial_instantiate(&pre, &optional)?;
         Ok(Arc::new(LoadedPlugin {
             name: Arc::from(name),
             version: digest[..12].to_string(),
             pre,
             imports,
             exports,
-            on_timer,
+            optional,
             from_cache,
             load_time: started.elapsed(),
         }))
@@ -178,7 +190,7 @@ impl Runtime {
     fn trial_instantiate(
         &self,
         pre: &PluginPre<HostState>,
-        on_timer: Option<&ComponentExportIndex>,
+        optional: &OptionalExports,
     ) -> Result<(), LoadError> {
         let ctx = Arc::new(ListenerContext {
             name: Arc::from("check"),
@@ -188,7 +200,7 @@ impl Runtime {
             ctx,
             Arc::from("check"),
             self.config.memory_limit,
-            on_timer.is_some(),
+            optional.on_timer.is_some(),
         );
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -200,20 +212,47 @@ impl Runtime {
                 mistyped_handler_function(pre, &mut store).unwrap_or_else(|| format!("{err:#}"));
             return Err(LoadError::WorldMismatch(detail));
         }
-        if let Some(index) = on_timer {
+        if optional.on_timer.is_some() || optional.on_frames.is_some() {
             let instance = pre
                 .instance_pre()
                 .instantiate(&mut store)
                 .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
-            instance
-                .get_typed_func::<(u64, u64), (Option<Vec<u8>>,)>(&mut store, index)
-                .map_err(|e| {
-                    LoadError::WorldMismatch(format!(
-                        "`{TIMER_EXPORT}` function `on-timer` has the wrong type: {e:#}"
-                    ))
-                })?;
+            let wrong = |what: &str, e: wasmtime::Error| {
+                LoadError::WorldMismatch(format!("function `{what}` has the wrong type: {e:#}"))
+            };
+            if let Some(index) = &optional.on_timer {
+                instance
+                    .get_typed_func::<(u64, u64), (Option<Vec<u8>>,)>(&mut store, index)
+                    .map_err(|e| wrong("timer-handler.on-timer", e))?;
+            }
+            if let Some(index) = &optional.on_frames {
+                instance
+                    .get_typed_func::<(u64, &[&[u8]]), (Vec<Option<Vec<u8>>>,)>(&mut store, index)
+                    .map_err(|e| wrong("batch-handler.on-frames", e))?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Finds `function` in the optional exported interface `interface`, if the plugin exports it.
+fn optional_export(
+    component: &Component,
+    exports: &[String],
+    interface: &str,
+    function: &str,
+) -> Result<Option<ComponentExportIndex>, LoadError> {
+    if !exports.iter().any(|e| e == interface) {
+        return Ok(None);
+    }
+    let index = component
+        .get_export_index(None, interface)
+        .and_then(|iface| component.get_export_index(Some(&iface), function));
+    match index {
+        Some(index) => Ok(Some(index)),
+        None => Err(LoadError::WorldMismatch(format!(
+            "`{interface}` lacks {function}"
+        ))),
     }
 }
 

@@ -1,0 +1,267 @@
+//! The load generator behind `pier bench`: N connections, each keeping W frames in flight
+//! (closed loop) or paced to a rate, checking every reply and recording each round trip's
+//! latency in an HDR histogram.
+//!
+//! Every frame of a connection carries the same payload, so a reply can be checked without
+//! bookkeeping: it must equal the expected reply (`Echo: ` + payload by default). With raw
+//! framing replies have no delimiter, so they are cut by the expected reply's length.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::framing::Framing;
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// Server address.
+    pub addr: String,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Stop after this long...
+    pub duration: Option<Duration>,
+    /// ...or after this many round trips in total.
+    pub requests: Option<u64>,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Frames in flight per connection.
+    pub in_flight: usize,
+    /// Framing.
+    pub framing: Framing,
+    /// Total round trips per second to aim for (paced); `None` runs flat out.
+    pub rate: Option<f64>,
+    /// The reply expected for each frame is this prefix followed by the payload.
+    pub expect_prefix: Vec<u8>,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// Round trips completed (replies received and checked).
+    pub round_trips: u64,
+    /// Replies that did not match.
+    pub mismatches: u64,
+    /// Connections that failed (connect errors, resets, early closes).
+    pub errors: u64,
+    /// Wall-clock time of the measured run.
+    pub elapsed: Duration,
+    /// Round-trip latency in nanoseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl LoadReport {
+    /// Round trips per second.
+    pub fn rate(&self) -> f64 {
+        self.round_trips as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A latency quantile, in microseconds.
+    pub fn micros(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Shared progress counters, read by the progress bar.
+#[derive(Default)]
+pub struct Progress {
+    /// Round trips so far.
+    pub done: AtomicU64,
+    /// Set to stop every connection (duration reached or request budget spent).
+    pub stop: AtomicBool,
+}
+
+/// A connection waiting this long for a reply counts as failed.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn payload(size: usize) -> Vec<u8> {
+    // Printable, varied bytes: survives line framing (no newline) and is not all one value.
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Runs the load and returns the merged report.
+pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
+    let payload = payload(spec.size);
+    let mut expected = spec.expect_prefix.clone();
+    expected.extend_from_slice(&payload);
+    let payload = Arc::new(payload);
+    let expected = Arc::new(expected);
+    let budget = spec.requests.map(|r| Arc::new(AtomicU64::new(r)));
+    let per_conn_interval = spec
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(spec.connections as f64 / r));
+
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(spec.connections);
+    for _ in 0..spec.connections {
+        let conn = Conn {
+            addr: spec.addr.clone(),
+            framing: spec.framing,
+            in_flight: spec.in_flight.max(1),
+            payload: payload.clone(),
+            expected: expected.clone(),
+            budget: budget.clone(),
+            interval: per_conn_interval,
+            progress: progress.clone(),
+        };
+        tasks.push(tokio::spawn(conn.run()));
+    }
+    if let Some(duration) = spec.duration {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            progress.stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut report = LoadReport {
+        round_trips: 0,
+        mismatches: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: new_histogram(),
+    };
+    for task in tasks {
+        match task.await {
+            Ok(outcome) => {
+                report.round_trips += outcome.round_trips;
+                report.mismatches += outcome.mismatches;
+                report.errors += u64::from(outcome.failed);
+                let _ = report.latency.add(&outcome.latency);
+            }
+            Err(_) => report.errors += 1,
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns to 60 s at 3 significant digits; fixed bounds, so recording never allocates.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+struct Conn {
+    addr: String,
+    framing: Framing,
+    in_flight: usize,
+    payload: Arc<Vec<u8>>,
+    expected: Arc<Vec<u8>>,
+    budget: Option<Arc<AtomicU64>>,
+    interval: Option<Duration>,
+    progress: Arc<Progress>,
+}
+
+struct Outcome {
+    round_trips: u64,
+    mismatches: u64,
+    failed: bool,
+    latency: Histogram<u64>,
+}
+
+impl Conn {
+    /// Takes one request from the shared budget; false when it is spent or the run is over.
+    fn take(&self) -> bool {
+        if self.progress.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        match &self.budget {
+            None => true,
+            Some(b) => b
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+
+    async fn run(self) -> Outcome {
+        let mut out = Outcome {
+            round_trips: 0,
+            mismatches: 0,
+            failed: false,
+            latency: new_histogram(),
+        };
+        let Ok(mut stream) = TcpStream::connect(&self.addr).await else {
+            out.failed = true;
+            return out;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut frame = BytesMut::new();
+        if self.framing.encode(&self.payload, &mut frame).is_err() {
+            out.failed = true;
+            return out;
+        }
+        let mut decoder = self.framing.decoder(64 * 1024 * 1024);
+        let mut read_buf = BytesMut::with_capacity(64 * 1024);
+        let mut write_buf = BytesMut::new();
+        let mut sent_at = std::collections::VecDeque::with_capacity(self.in_flight);
+        let mut next_send = Instant::now();
+        loop {
+            // Top the window up; in paced mode one frame per interval.
+            while sent_at.len() < self.in_flight && self.take() {
+                if let Some(interval) = self.interval {
+                    let now = Instant::now();
+                    if next_send > now {
+                        tokio::time::sleep(next_send - now).await;
+                    }
+                    next_send = next_send.max(now) + interval;
+                }
+                write_buf.extend_from_slice(&frame);
+                sent_at.push_back(Instant::now());
+                if self.interval.is_some() {
+                    break;
+                }
+            }
+            if sent_at.is_empty() {
+                break;
+            }
+            if !write_buf.is_empty() {
+                if stream.write_all(&write_buf).await.is_err() {
+                    out.failed = true;
+                    break;
+                }
+                write_buf.clear();
+            }
+            read_buf.reserve(16 * 1024);
+            match tokio::time::timeout(REPLY_TIMEOUT, stream.read_buf(&mut read_buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
+                    out.failed = true;
+                    break;
+                }
+                Ok(Ok(_)) => {}
+            }
+            loop {
+                let reply = if self.framing == Framing::Raw {
+                    (read_buf.len() >= self.expected.len())
+                        .then(|| read_buf.split_to(self.expected.len()).freeze())
+                } else {
+                    match decoder.decode(&mut read_buf) {
+                        Ok(reply) => reply,
+                        Err(_) => {
+                            out.failed = true;
+                            return out;
+                        }
+                    }
+                };
+                let Some(reply) = reply else { break };
+                let Some(sent) = sent_at.pop_front() else {
+                    // More replies than requests: count it and carry on.
+                    out.mismatches += 1;
+                    continue;
+                };
+                let nanos = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let _ = out.latency.record(nanos.max(1));
+                if reply[..] != self.expected[..] {
+                    out.mismatches += 1;
+                }
+                out.round_trips += 1;
+                self.progress.done.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,448 @@
+//! `pier bench` and `pier baseline`: measuring pier against a native server in the same run.
+//!
+//! - [`load`]: the load generator (connections × frames in flight, reply checks, HDR latency).
+//! - [`baseline`]: the native tokio echo server every figure is compared with.
+//! - [`procstat`]: server CPU time and resident memory from `/proc`.
+//!
+//! `pier bench ADDR` loads any server. `pier bench --compare` starts `pier serve PLUGIN` and
+//! `pier baseline` as child processes with the same framing, then alternates measured rounds
+//! between them (native, pier, native, pier, ...) so both see the same machine conditions, and
+//! reports each one's round trips/s, latency percentiles and server CPU per round trip, plus
+//! pier's ratio to native.
+
+pub mod baseline;
+pub mod load;
+pub mod procstat;
+
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::framing::Framing;
+use load::{LoadReport, LoadSpec, Progress};
+
+/// `pier bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Server to load. Omit it with `--compare`.
+    #[arg(required_unless_present = "compare")]
+    pub addr: Option<String>,
+
+    /// Start `pier serve PLUGIN` and the native baseline and compare them, alternating rounds.
+    #[arg(long)]
+    pub compare: bool,
+
+    /// With `--compare`: the plugin pier serves (a built-in name or a .wasm path).
+    #[arg(long, default_value = "echo")]
+    pub plugin: String,
+
+    /// With `--compare`: measured rounds per server.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+
+    /// With `--compare`: worker threads of both servers (default: one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+
+    /// How long each measured run lasts, e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, conflicts_with = "requests")]
+    pub duration: Duration,
+
+    /// Stop after this many round trips instead of after `--duration`.
+    #[arg(long)]
+    pub requests: Option<u64>,
+
+    /// Unmeasured warm-up before each server's first round.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+
+    /// Payload bytes per frame.
+    #[arg(long, default_value_t = 16)]
+    pub size: usize,
+
+    /// Frames in flight per connection (pipelining).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+
+    /// Framing.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub framing: Framing,
+
+    /// Total round trips per second to aim for (paced); default flat out.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Each reply must be this prefix followed by the payload.
+    #[arg(long, default_value = "Echo: ")]
+    pub expect_prefix: String,
+
+    /// A server process id whose CPU time to report per round trip (single-server mode).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pier baseline`.
+#[derive(Args, Debug, Clone)]
+pub struct BaselineArgs {
+    /// Address to listen on (port 0 picks one; the real one is printed).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: String,
+
+    /// Framing.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub framing: Framing,
+
+    /// Largest frame accepted.
+    #[arg(long, default_value = "1MiB", value_parser = crate::cli::parse_size)]
+    pub max_frame: usize,
+
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// Runs `pier baseline`.
+pub fn baseline_main(args: BaselineArgs) -> Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(w) = args.workers {
+        builder.worker_threads(w.max(1));
+    }
+    let rt = builder
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!(
+            "pier: baseline listening on {} (native echo, framing {})",
+            listener.local_addr()?,
+            args.framing
+        );
+        baseline::serve(listener, args.framing, args.max_frame).await
+    })
+}
+
+/// One server's figures over the measured rounds.
+struct Measured {
+    name: &'static str,
+    rates: Vec<f64>,
+    cpu_seconds: f64,
+    round_trips: u64,
+    mismatches: u64,
+    errors: u64,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Measured {
+    fn new(name: &'static str) -> Self {
+        Measured {
+            name,
+            rates: Vec::new(),
+            cpu_seconds: 0.0,
+            round_trips: 0,
+            mismatches: 0,
+            errors: 0,
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("valid bounds"),
+        }
+    }
+
+    fn add(&mut self, report: &LoadReport, cpu: Option<f64>) {
+        self.rates.push(report.rate());
+        self.cpu_seconds += cpu.unwrap_or(0.0);
+        self.round_trips += report.round_trips;
+        self.mismatches += report.mismatches;
+        self.errors += report.errors;
+        let _ = self.latency.add(&report.latency);
+    }
+
+    fn median_rate(&self) -> f64 {
+        let mut r = self.rates.clone();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    fn cpu_us_per_rt(&self) -> Option<f64> {
+        (self.cpu_seconds > 0.0 && self.round_trips > 0)
+            .then(|| self.cpu_seconds * 1e6 / self.round_trips as f64)
+    }
+
+    fn json(&self) -> Value {
+        let us = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        json!({
+            "server": self.name,
+            "round_trips_per_s": self.median_rate(),
+            "rounds": self.rates,
+            "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
+            "max_us": self.latency.max() as f64 / 1000.0,
+            "cpu_us_per_round_trip": self.cpu_us_per_rt(),
+            "round_trips": self.round_trips,
+            "mismatches": self.mismatches,
+            "errors": self.errors,
+        })
+    }
+}
+
+/// Runs `pier bench`.
+pub fn bench_main(args: BenchArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let output = if args.compare {
+        rt.block_on(compare(&args))?
+    } else {
+        let addr = args
+            .addr
+            .clone()
+            .ok_or_else(|| anyhow!("ADDR is required"))?;
+        rt.block_on(single(&args, &addr))?
+    };
+    if args.json {
+        println!("{output}");
+    } else {
+        print_human(&args, &output);
+    }
+    Ok(())
+}
+
+fn spec(args: &BenchArgs, addr: &str, duration: Option<Duration>) -> LoadSpec {
+    LoadSpec {
+        addr: addr.to_string(),
+        connections: args.connections.max(1),
+        duration: if args.requests.is_some() {
+            None
+        } else {
+            duration
+        },
+        requests: args.requests,
+        size: args.size,
+        in_flight: args.in_flight.max(1),
+        framing: args.framing,
+        rate: args.rate,
+        expect_prefix: args.expect_prefix.as_bytes().to_vec(),
+    }
+}
+
+/// One measured run with a progress bar on a terminal, and the server's CPU time used.
+async fn measured_run(spec: &LoadSpec, label: &str, pid: Option<u32>) -> (LoadReport, Option<f64>) {
+    let progress = Arc::new(Progress::default());
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(label.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    let ticker = bar.clone().map(|bar| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set_message(format!(
+                    "round trips: {}",
+                    progress.done.load(Ordering::Relaxed)
+                ));
+            }
+        })
+    });
+    let cpu_before = pid.and_then(procstat::cpu_seconds);
+    let report = load::run(spec, progress).await;
+    let cpu_after = pid.and_then(procstat::cpu_seconds);
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let cpu = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+    (report, cpu)
+}
+
+async fn single(args: &BenchArgs, addr: &str) -> Result<Value> {
+    let mut measured = Measured::new("server");
+    let (report, cpu) = measured_run(
+        &spec(args, addr, Some(args.duration)),
+        addr,
+        args.server_pid,
+    )
+    .await;
+    measured.add(&report, cpu);
+    Ok(json!({
+        "addr": addr,
+        "framing": args.framing.name(),
+        "connections": args.connections,
+        "in_flight": args.in_flight,
+        "size": args.size,
+        "results": [measured.json()],
+    }))
+}
+
+/// A server child process, killed on drop.
+struct ServerProcess {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(args: &[String]) -> Result<ServerProcess> {
+    let exe = std::env::current_exe().context("cannot find the pier executable")?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start a server process")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            bail!("server {args:?} exited before listening");
+        };
+        if let Some(rest) = line
+            .strip_prefix("pier: listening on ")
+            .or_else(|| line.strip_prefix("pier: baseline listening on "))
+        {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(ServerProcess { child, addr })
+}
+
+async fn compare(args: &BenchArgs) -> Result<Value> {
+    let framing = args.framing.name().to_string();
+    let mut common = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--framing".into(),
+        framing.clone(),
+    ];
+    if let Some(w) = args.workers {
+        common.extend(["--workers".to_string(), w.to_string()]);
+    }
+    let mut pier_args = vec![
+        "--log-level".to_string(),
+        "warn".into(),
+        "serve".into(),
+        args.plugin.clone(),
+    ];
+    pier_args.extend(common.clone());
+    let mut native_args = vec!["baseline".to_string()];
+    native_args.extend(common);
+    let native = start_server(&native_args)?;
+    let pier = start_server(&pier_args)?;
+
+    let mut results = [Measured::new("native"), Measured::new("pier")];
+    let servers = [&native, &pier];
+    for (server, label) in servers.iter().zip(["native warm-up", "pier warm-up"]) {
+        if !args.warmup.is_zero() {
+            let mut warm = spec(args, &server.addr, Some(args.warmup));
+            warm.requests = None;
+            measured_run(&warm, label, None).await;
+        }
+    }
+    for round in 0..args.rounds.max(1) {
+        // Alternate which goes first so neither always runs on a warmer machine.
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let server = servers[i];
+            let label = format!("{} round {}", results[i].name, round + 1);
+            let (report, cpu) = measured_run(
+                &spec(args, &server.addr, Some(args.duration)),
+                &label,
+                Some(server.child.id()),
+            )
+            .await;
+            results[i].add(&report, cpu);
+        }
+    }
+    let ratio = results[1].median_rate() / results[0].median_rate().max(1e-9);
+    let cpu_ratio = results[1]
+        .cpu_us_per_rt()
+        .zip(results[0].cpu_us_per_rt())
+        .map(|(p, n)| p / n);
+    Ok(json!({
+        "plugin": args.plugin,
+        "framing": framing,
+        "connections": args.connections,
+        "in_flight": args.in_flight,
+        "size": args.size,
+        "duration_s": args.duration.as_secs_f64(),
+        "rounds": args.rounds,
+        "results": [results[0].json(), results[1].json()],
+        "pier_vs_native": { "round_trips": ratio, "cpu_per_round_trip": cpu_ratio },
+    }))
+}
+
+fn print_human(args: &BenchArgs, output: &Value) {
+    println!(
+        "{} connections, {} in flight, {} B frames, framing {}",
+        args.connections, args.in_flight, args.size, args.framing
+    );
+    println!(
+        "{:<8} {:>14} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12} {:>10} {:>7}",
+        "server",
+        "round trips/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "CPU µs/rt",
+        "mismatch",
+        "errors"
+    );
+    for r in output["results"].as_array().into_iter().flatten() {
+        let cpu = r["cpu_us_per_round_trip"]
+            .as_f64()
+            .map_or("-".to_string(), |c| format!("{c:.2}"));
+        println!(
+            "{:<8} {:>14.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>12} {:>10} {:>7}",
+            r["server"].as_str().unwrap_or("?"),
+            r["round_trips_per_s"].as_f64().unwrap_or(0.0),
+            r["p50_us"].as_f64().unwrap_or(0.0),
+            r["p90_us"].as_f64().unwrap_or(0.0),
+            r["p99_us"].as_f64().unwrap_or(0.0),
+            r["p999_us"].as_f64().unwrap_or(0.0),
+            r["max_us"].as_f64().unwrap_or(0.0),
+            cpu,
+            r["mismatches"],
+            r["errors"],
+        );
+    }
+    if let Some(ratio) = output["pier_vs_native"]["round_trips"].as_f64() {
+        let cpu = output["pier_vs_native"]["cpu_per_round_trip"]
+            .as_f64()
+            .map_or("-".to_string(), |c| format!("{c:.2}×"));
+        println!("pier/native: round trips {ratio:.2}×, CPU per round trip {cpu}");
+    }
+}
