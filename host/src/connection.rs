@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +19,14 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::framing::{FrameDecoder, Framing};
-use crate::hub::{ConnectionId, Control, Hub, Mailbox, PeerInfo, TimerId, next_connection_id};
+use crate::hub::{
+    ConnectionId, Control, Hub, Mailbox, PeerInfo, Tally, TimerId, next_connection_id,
+};
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
 use crate::runtime::{Fault, PluginInstance};
@@ -79,6 +83,7 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
         };
         let record = peer_record(&peer);
         let mailbox = listener.hub.register(peer);
+        let mailbox_close = mailbox.close.clone();
         // Unregisters even if this task unwinds, so the registry never holds a dead entry.
         let registration = Registration {
             hub: listener.hub.clone(),
@@ -95,11 +100,12 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
             write_buf: BytesMut::new(),
             mailbox,
             instance,
-            shutdown,
+            signals: Signals::new(&shutdown, &mailbox_close),
             closing: None,
             timers: DelayQueue::new(),
             timer_slots: HashMap::new(),
             batch: Vec::new(),
+            tally: Tally::default(),
         };
 
         let opened = conn.instance.borrow_mut().on_open(&record);
@@ -148,6 +154,23 @@ impl Drop for Registration {
     }
 }
 
+/// Futures that complete on shutdown (drain, then force) and on the plugin's close request.
+struct Signals {
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    force: Pin<Box<WaitForCancellationFutureOwned>>,
+    close: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Signals {
+    fn new(shutdown: &Shutdown, close: &CancellationToken) -> Self {
+        Signals {
+            drain: Box::pin(shutdown.drain.clone().cancelled_owned()),
+            force: Box::pin(shutdown.force.clone().cancelled_owned()),
+            close: Box::pin(close.clone().cancelled_owned()),
+        }
+    }
+}
+
 struct Connection {
     /// The connection's id, passed to every plugin call.
     id: ConnectionId,
@@ -167,8 +190,9 @@ struct Connection {
     mailbox: Mailbox,
     /// This worker's instance of the plugin.
     instance: Rc<RefCell<PluginInstance>>,
-    /// The server's shutdown signals.
-    shutdown: Shutdown,
+    /// The shutdown and close signals, as futures made once per connection: creating a
+    /// cancellation future registers a waiter under a lock, too costly once per loop turn.
+    signals: Signals,
     /// Set once the connection must end after writing what is owed: the plugin asked
     /// (`plugin-closed`) or the client's request did (HTTP `Connection: close`, `peer-closed`).
     closing: Option<CloseReason>,
@@ -178,6 +202,8 @@ struct Connection {
     timer_slots: HashMap<TimerId, (delay_queue::Key, Option<Duration>)>,
     /// Frames decoded from the current read, kept to reuse its allocation.
     batch: Vec<Bytes>,
+    /// Traffic not yet added to the shared counters.
+    tally: Tally,
 }
 
 /// Why the main loop stopped.
@@ -196,11 +222,11 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                _ = self.shutdown.drain.cancelled() => {
+                _ = &mut self.signals.drain => {
                     self.drain_on_shutdown();
                     return CloseReason::Shutdown;
                 }
-                _ = self.mailbox.close.cancelled() => {
+                _ = &mut self.signals.close, if self.closing.is_none() => {
                     self.take_mailbox();
                     self.closing = Some(CloseReason::PluginClosed);
                 }
@@ -250,7 +276,7 @@ impl Connection {
         SCRATCH.with_borrow_mut(
             |scratch| match self.stream.try_read(&mut scratch[..limit]) {
                 Ok(n) => {
-                    self.mailbox.meter.bytes_in(n);
+                    self.tally.bytes_in += n as u64;
                     self.read_buf.extend_from_slice(&scratch[..n]);
                     Ok(Some(n))
                 }
@@ -275,7 +301,7 @@ impl Connection {
             };
             match decoded {
                 Ok(Some(frame)) => {
-                    self.mailbox.meter.frame_in();
+                    self.tally.frames_in += 1;
                     batch.push(frame);
                     if self.decoder.close_requested() {
                         // Frames after one that asked to close are never handled.
@@ -291,8 +317,12 @@ impl Connection {
             }
         }
         let full = batch.len() >= MAX_BATCH;
+        // Report what arrived before the plugin runs, so its stats include these frames.
+        self.mailbox.meter.record(&mut self.tally);
         let handled = self.handle_batch(&batch);
         batch.clear();
+        // Keep a small batch allocation for the next read, not a large one for an idle connection.
+        batch.shrink_to(16);
         self.batch = batch;
         handled?;
         if close_after && self.closing.is_none() {
@@ -301,7 +331,7 @@ impl Connection {
         if let Some(err) = broken {
             warn!("protocol error, closing: {err}");
             if let Some(reply) = err.reply() {
-                self.mailbox.meter.frame_out(reply.len());
+                self.count_out(reply.len());
                 self.write_buf.extend_from_slice(&reply);
             }
             return Err(CloseReason::ProtocolError);
@@ -315,21 +345,36 @@ impl Connection {
 
     fn handle_batch(&mut self, batch: &[Bytes]) -> Result<(), Closed> {
         if batch.len() > 1 && self.instance.borrow().takes_batches() {
-            let frames: Vec<&[u8]> = batch.iter().map(|f| &f[..]).collect();
-            let result = self.instance.borrow_mut().on_frames(self.id, &frames);
+            let mut data = Vec::with_capacity(batch.iter().map(|f| f.len()).sum());
+            let lengths: Vec<u32> = batch
+                .iter()
+                .map(|f| {
+                    data.extend_from_slice(f);
+                    u32::try_from(f.len()).unwrap_or(u32::MAX)
+                })
+                .collect();
+            let result = self
+                .instance
+                .borrow_mut()
+                .on_frames(self.id, &data, &lengths);
             self.take_mailbox();
             if self.mailbox.close.is_cancelled() {
                 self.closing = Some(CloseReason::PluginClosed);
             }
-            return match result {
-                Ok(replies) => {
-                    for reply in replies.into_iter().flatten() {
-                        self.queue_reply(&reply);
-                    }
-                    Ok(())
-                }
-                Err(_fault) => Err(CloseReason::Fault),
-            };
+            let (replies, reply_lengths) = result.map_err(|_fault| CloseReason::Fault)?;
+            let mut start = 0usize;
+            for len in reply_lengths.into_iter().take(batch.len()) {
+                let Ok(len) = usize::try_from(len) else {
+                    continue; // -1: no reply to this frame
+                };
+                let Some(reply) = replies.get(start..start + len) else {
+                    warn!("batch replies run past their data; the rest are dropped");
+                    break;
+                };
+                self.queue_reply(reply);
+                start += len;
+            }
+            return Ok(());
         }
         for frame in batch {
             if self.closing.is_some() {
@@ -400,9 +445,14 @@ impl Connection {
     fn queue_reply(&mut self, frame: &[u8]) {
         let before = self.write_buf.len();
         match self.framing.encode(frame, &mut self.write_buf) {
-            Ok(()) => self.mailbox.meter.frame_out(self.write_buf.len() - before),
+            Ok(()) => self.count_out(self.write_buf.len() - before),
             Err(err) => warn!("reply dropped: {err}"),
         }
+    }
+
+    fn count_out(&mut self, bytes: usize) {
+        self.tally.frames_out += 1;
+        self.tally.bytes_out += bytes as u64;
     }
 
     /// Moves every frame already queued in the mailbox into the write buffer.
@@ -414,12 +464,13 @@ impl Connection {
 
     /// Writes the write buffer out, giving up if the drain deadline passes.
     async fn flush(&mut self) -> Result<(), Closed> {
+        self.mailbox.meter.record(&mut self.tally);
         if self.write_buf.is_empty() {
             return Ok(());
         }
         let result = tokio::select! {
             biased;
-            _ = self.shutdown.force.cancelled() => Err(io::Error::other("shutdown deadline passed")),
+            _ = &mut self.signals.force => Err(io::Error::other("shutdown deadline passed")),
             r = self.stream.write_all(&self.write_buf) => r,
         };
         // Release the buffer: an idle connection should hold none, and a small allocation per

@@ -86,27 +86,36 @@ pub struct Meter {
     listener: Arc<Counters>,
 }
 
+/// Traffic counted by a connection task since it last reported, so the shared atomics are
+/// touched once per batch rather than several times per frame (they are shared by every worker
+/// of the listener, and contended cache lines cost more than the frames themselves).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames written.
+    pub frames_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+}
+
 impl Meter {
-    /// Counts `bytes` received.
-    pub fn bytes_in(&self, bytes: usize) {
-        let n = bytes as u64;
-        self.conn.bytes_in.fetch_add(n, Ordering::Relaxed);
-        self.listener.bytes_in.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts one frame received.
-    pub fn frame_in(&self) {
-        self.conn.frames_in.fetch_add(1, Ordering::Relaxed);
-        self.listener.frames_in.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts one frame of `bytes` (framing included) written.
-    pub fn frame_out(&self, bytes: usize) {
-        let n = bytes as u64;
-        self.conn.frames_out.fetch_add(1, Ordering::Relaxed);
-        self.listener.frames_out.fetch_add(1, Ordering::Relaxed);
-        self.conn.bytes_out.fetch_add(n, Ordering::Relaxed);
-        self.listener.bytes_out.fetch_add(n, Ordering::Relaxed);
+    /// Adds `tally` to the connection's and the listener's counters and resets it.
+    pub fn record(&self, tally: &mut Tally) {
+        for counters in [&self.conn, &self.listener] {
+            let add = |counter: &AtomicU64, n: u64| {
+                if n > 0 {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
+            };
+            add(&counters.frames_in, tally.frames_in);
+            add(&counters.frames_out, tally.frames_out);
+            add(&counters.bytes_in, tally.bytes_in);
+            add(&counters.bytes_out, tally.bytes_out);
+        }
+        *tally = Tally::default();
     }
 }
 
@@ -885,9 +894,14 @@ mod tests {
         let hub = LocalHub::new(4, 64);
         let a = hub.register(peer(1));
         let _b = hub.register(peer(2));
-        a.meter.bytes_in(10);
-        a.meter.frame_in();
-        a.meter.frame_out(7);
+        let mut tally = Tally {
+            frames_in: 1,
+            bytes_in: 10,
+            frames_out: 1,
+            bytes_out: 7,
+        };
+        a.meter.record(&mut tally);
+        assert_eq!(tally.frames_in, 0, "recording resets the tally");
         let l = hub.listener_stats();
         assert_eq!(
             (

@@ -34,8 +34,18 @@ impl Guest for Echo {
 }
 
 impl exports::pier::plugin::batch_handler::Guest for Echo {
-    fn on_frames(_id: ConnectionId, frames: Vec<Vec<u8>>) -> Vec<Option<Vec<u8>>> {
-        frames.iter().map(|f| Some(echo(f))).collect()
+    fn on_frames(_id: ConnectionId, data: Vec<u8>, lengths: Vec<u32>) -> (Vec<u8>, Vec<i32>) {
+        let mut out = Vec::with_capacity(data.len() + lengths.len() * PREFIX.len());
+        let mut reply_lengths = Vec::with_capacity(lengths.len());
+        let mut start = 0usize;
+        for len in lengths {
+            let end = (start + len as usize).min(data.len());
+            out.extend_from_slice(PREFIX);
+            out.extend_from_slice(&data[start..end]);
+            reply_lengths.push((PREFIX.len() + end - start) as i32);
+            start = end;
+        }
+        (out, reply_lengths)
     }
 }
 

@@ -241,25 +241,26 @@ impl PluginInstance {
         self.plugin.optional.on_frames.is_some()
     }
 
-    /// Calls `batch-handler.on-frames` with several frames; the result has exactly one entry
-    /// per frame.
+    /// Calls `batch-handler.on-frames` with frames laid out back to back in `data` with their
+    /// `lengths`; returns the replies' bytes and, per frame, its reply's length or -1.
     pub fn on_frames(
         &mut self,
         id: ConnectionId,
-        frames: &[&[u8]],
-    ) -> Result<Vec<Option<Vec<u8>>>, Fault> {
-        let mut replies = self.call(id, |_, extras, store| match extras.on_frames {
+        data: &[u8],
+        lengths: &[u32],
+    ) -> Result<(Vec<u8>, Vec<i32>), Fault> {
+        self.call(id, |_, extras, store| match extras.on_frames {
             Some(func) => {
                 // SAFETY: the signature was checked with `get_typed_func` when the plugin was
                 // loaded (`Runtime::trial_instantiate`), and this function comes from an
                 // instance of that same component.
                 let typed: OnFrames<'_> = unsafe { OnFrames::new_unchecked(func) };
-                typed.call(store, (id, frames)).map(|(replies,)| replies)
+                typed
+                    .call(store, (id, data, lengths))
+                    .map(|(replies,)| replies)
             }
-            None => Ok(Vec::new()),
-        })?;
-        replies.resize(frames.len(), None);
-        Ok(replies)
+            None => Ok((Vec::new(), Vec::new())),
+        })
     }
 }
 

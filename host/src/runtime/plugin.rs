@@ -31,7 +31,7 @@ pub type OnTimer = wasmtime::component::TypedFunc<(u64, u64), (Option<Vec<u8>>,)
 
 /// The type of `batch-handler.on-frames` (for any lifetime of the frames).
 pub type OnFrames<'a> =
-    wasmtime::component::TypedFunc<(u64, &'a [&'a [u8]]), (Vec<Option<Vec<u8>>>,)>;
+    wasmtime::component::TypedFunc<(u64, &'a [u8], &'a [u32]), ((Vec<u8>, Vec<i32>),)>;
 
 /// Where a plugin's optional exports are, found once at load.
 #[derive(Clone, Debug, Default)]
@@ -227,7 +227,9 @@ impl Runtime {
             }
             if let Some(index) = &optional.on_frames {
                 instance
-                    .get_typed_func::<(u64, &[&[u8]]), (Vec<Option<Vec<u8>>>,)>(&mut store, index)
+                    .get_typed_func::<(u64, &[u8], &[u32]), ((Vec<u8>, Vec<i32>),)>(
+                        &mut store, index,
+                    )
                     .map_err(|e| wrong("batch-handler.on-frames", e))?;
             }
         }
