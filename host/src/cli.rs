@@ -238,6 +238,7 @@ fn load(runtime: &Runtime, source: &PluginSource) -> Result<Arc<LoadedPlugin>> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    crate::bench::raise_fd_limit();
     let source = resolve_plugin(&args.plugin)?;
     let framing = args.framing.or(source.framing).unwrap_or(Framing::Raw);
     let runtime = Runtime::new(RuntimeConfig {

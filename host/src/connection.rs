@@ -19,13 +19,13 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::framing::{FrameDecoder, Framing};
 use crate::hub::{
-    ConnectionId, Control, Hub, Mailbox, PeerInfo, Tally, TimerId, next_connection_id,
+    ConnectionId, Control, Delivery, Hub, Mailbox, PeerInfo, Tally, TimerId, next_connection_id,
 };
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
@@ -83,7 +83,6 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
         };
         let record = peer_record(&peer);
         let mailbox = listener.hub.register(peer);
-        let mailbox_close = mailbox.close.clone();
         // Unregisters even if this task unwinds, so the registry never holds a dead entry.
         let registration = Registration {
             hub: listener.hub.clone(),
@@ -100,9 +99,9 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
             write_buf: BytesMut::new(),
             mailbox,
             instance,
-            signals: Signals::new(&shutdown, &mailbox_close),
+            signals: Signals::new(&shutdown),
             closing: None,
-            timers: DelayQueue::new(),
+            timers: None,
             timer_slots: HashMap::new(),
             batch: Vec::new(),
             tally: Tally::default(),
@@ -154,19 +153,17 @@ impl Drop for Registration {
     }
 }
 
-/// Futures that complete on shutdown (drain, then force) and on the plugin's close request.
+/// Futures that complete on shutdown (drain, then force).
 struct Signals {
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     force: Pin<Box<WaitForCancellationFutureOwned>>,
-    close: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Signals {
-    fn new(shutdown: &Shutdown, close: &CancellationToken) -> Self {
+    fn new(shutdown: &Shutdown) -> Self {
         Signals {
             drain: Box::pin(shutdown.drain.clone().cancelled_owned()),
             force: Box::pin(shutdown.force.clone().cancelled_owned()),
-            close: Box::pin(close.clone().cancelled_owned()),
         }
     }
 }
@@ -197,7 +194,9 @@ struct Connection {
     /// (`plugin-closed`) or the client's request did (HTTP `Connection: close`, `peer-closed`).
     closing: Option<CloseReason>,
     /// This connection's timers, owned here so they fire between frames on this worker.
-    timers: DelayQueue<TimerId>,
+    /// Created on the first timer: an empty `DelayQueue` already holds a timing wheel of
+    /// several KiB, too much for every idle connection.
+    timers: Option<DelayQueue<TimerId>>,
     /// Each running timer's slot in `timers` and its repeat interval.
     timer_slots: HashMap<TimerId, (delay_queue::Key, Option<Duration>)>,
     /// Frames decoded from the current read, kept to reuse its allocation.
@@ -226,21 +225,18 @@ impl Connection {
                     self.drain_on_shutdown();
                     return CloseReason::Shutdown;
                 }
-                _ = &mut self.signals.close, if self.closing.is_none() => {
-                    self.take_mailbox();
-                    self.closing = Some(CloseReason::PluginClosed);
-                }
-                Some(control) = self.mailbox.control.recv() => self.apply(control),
-                Some(expired) = poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => {
+
+                Some(expired) = poll_fn(|cx| match self.timers.as_mut() {
+                    Some(timers) => timers.poll_expired(cx),
+                    None => std::task::Poll::Ready(None),
+                }), if self.timers.as_ref().is_some_and(|t| !t.is_empty()) => {
                     if let Err(reason) = self.fire_timer(expired.into_inner()) {
                         return reason;
                     }
                 }
-                frame = self.mailbox.frames.recv() => {
-                    if let Some(frame) = frame {
-                        self.queue_reply(&frame);
-                        self.take_mailbox();
-                    }
+                Some(delivery) = self.mailbox.next() => {
+                    self.deliver(delivery);
+                    self.take_mailbox();
                 }
                 // Wait for readiness first and only then make room to read, so an idle
                 // connection holds no read buffer.
@@ -358,9 +354,6 @@ impl Connection {
                 .borrow_mut()
                 .on_frames(self.id, &data, &lengths);
             self.take_mailbox();
-            if self.mailbox.close.is_cancelled() {
-                self.closing = Some(CloseReason::PluginClosed);
-            }
             let (replies, reply_lengths) = result.map_err(|_fault| CloseReason::Fault)?;
             let mut start = 0usize;
             for len in reply_lengths.into_iter().take(batch.len()) {
@@ -385,20 +378,28 @@ impl Connection {
         Ok(())
     }
 
-    /// Starts or stops a timer the plugin asked for.
+    /// Carries out a request: a close, or starting or stopping a timer.
     fn apply(&mut self, control: Control) {
         match control {
+            Control::Close => {
+                self.closing.get_or_insert(CloseReason::PluginClosed);
+            }
             Control::StartTimer {
                 timer,
                 delay,
                 interval,
             } => {
-                let key = self.timers.insert(timer, delay);
+                let key = self
+                    .timers
+                    .get_or_insert_with(DelayQueue::new)
+                    .insert(timer, delay);
                 self.timer_slots.insert(timer, (key, interval));
             }
             Control::CancelTimer(timer) => {
                 if let Some((key, _)) = self.timer_slots.remove(&timer) {
-                    self.timers.try_remove(&key);
+                    if let Some(timers) = self.timers.as_mut() {
+                        timers.try_remove(&key);
+                    }
                 }
             }
         }
@@ -411,7 +412,10 @@ impl Connection {
         };
         match interval {
             Some(every) => {
-                let key = self.timers.insert(timer, every);
+                let key = self
+                    .timers
+                    .get_or_insert_with(DelayQueue::new)
+                    .insert(timer, every);
                 self.timer_slots.insert(timer, (key, Some(every)));
             }
             None => self.hub.timer_done(self.id, timer),
@@ -429,9 +433,6 @@ impl Connection {
     /// its reply; a close request or a fault ends the connection.
     fn after_call(&mut self, result: Result<Option<Vec<u8>>, Fault>) -> Result<(), Closed> {
         self.take_mailbox();
-        if self.mailbox.close.is_cancelled() {
-            self.closing = Some(CloseReason::PluginClosed);
-        }
         match result {
             Ok(Some(reply)) => {
                 self.queue_reply(&reply);
@@ -455,10 +456,18 @@ impl Connection {
         self.tally.bytes_out += bytes as u64;
     }
 
-    /// Moves every frame already queued in the mailbox into the write buffer.
+    /// Handles everything already in the inbox: frames go to the write buffer, requests are
+    /// carried out.
     fn take_mailbox(&mut self) {
-        while let Ok(frame) = self.mailbox.frames.try_recv() {
-            self.queue_reply(&frame);
+        while let Some(delivery) = self.mailbox.try_next() {
+            self.deliver(delivery);
+        }
+    }
+
+    fn deliver(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Frame(frame) => self.queue_reply(&frame),
+            Delivery::Control(control) => self.apply(control),
         }
     }
 

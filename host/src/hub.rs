@@ -8,14 +8,13 @@
 //! later span machines; [`LocalHub`] is the in-process implementation. Every operation is
 //! non-blocking and bounded: queues are bounded, attribute/group/timer counts are capped.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 /// Identifies a connection; unique for the process lifetime and never reused.
 pub type ConnectionId = u64;
@@ -217,9 +216,20 @@ pub enum TimerError {
     TooMany,
 }
 
-/// A request for the connection task, which owns the connection's timers.
+/// What a connection task receives through its inbox, in the order it was sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A frame to write.
+    Frame(Bytes),
+    /// A request for the task.
+    Control(Control),
+}
+
+/// A request for the connection task, which owns the connection's timers and its socket.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Control {
+    /// Close once everything delivered before this request is written.
+    Close,
     /// Start a timer.
     StartTimer {
         /// Its id.
@@ -302,26 +312,69 @@ pub trait Hub: Send + Sync {
     fn timer_done(&self, id: ConnectionId, timer: TimerId);
 }
 
-/// The receiving end of a connection's queues, owned by the connection task.
+/// A connection's inbox: frames, timer requests and the close request, in the order sent.
+///
+/// A mutex-guarded `VecDeque` plus a `Notify` rather than a tokio channel: an empty deque
+/// allocates nothing, while a channel allocates its first block up front — over a kilobyte for
+/// every idle connection. Frames are bounded by a counter (`write_queue`) so a slow reader cannot
+/// make the host buffer without limit, while a close request or a timer change is never refused
+/// for lack of room (timers are capped per connection, and there is one close).
+#[derive(Default)]
+struct Inbox {
+    queue: Mutex<VecDeque<Delivery>>,
+    /// Wakes the connection task; a notification sent while it is busy is kept as a permit.
+    ready: Notify,
+    /// Frames in the queue.
+    frames: AtomicUsize,
+}
+
+impl Inbox {
+    fn push(&self, delivery: Delivery) {
+        lock(&self.queue).push_back(delivery);
+        self.ready.notify_one();
+    }
+}
+
+/// The receiving end of a connection's inbox, owned by the connection task.
 pub struct Mailbox {
-    /// Frames queued for this connection, in order.
-    pub frames: mpsc::Receiver<Bytes>,
-    /// Cancelled when the plugin asks for the connection to be closed. Separate from the frame
-    /// queue so a close request is never lost to a full queue.
-    pub close: CancellationToken,
-    /// Timer requests. Unbounded, but each connection has at most [`MAX_PER_CONNECTION`]
-    /// timers, so at most that many starts can be outstanding.
-    pub control: mpsc::UnboundedReceiver<Control>,
+    inbox: Arc<Inbox>,
     /// Where the connection counts its traffic.
     pub meter: Meter,
+}
+
+impl Mailbox {
+    /// The next delivery, waiting for one.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(delivery) = self.try_next() {
+                return Some(delivery);
+            }
+            self.inbox.ready.notified().await;
+        }
+    }
+
+    /// The next delivery if one is waiting.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        let mut queue = lock(&self.inbox.queue);
+        let delivery = queue.pop_front()?;
+        if queue.is_empty() && queue.capacity() > 16 {
+            // A burst should not pin its buffer for the connection's lifetime.
+            queue.shrink_to(0);
+        }
+        drop(queue);
+        if matches!(delivery, Delivery::Frame(_)) {
+            self.inbox.frames.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(delivery)
+    }
 }
 
 struct Entry {
     peer: PeerInfo,
     accepted: Instant,
-    frames: mpsc::Sender<Bytes>,
-    close: CancellationToken,
-    control: mpsc::UnboundedSender<Control>,
+    inbox: Arc<Inbox>,
+    /// Set once a close was requested; later sends fail with `Closing`.
+    close_requested: AtomicBool,
     counters: Arc<Counters>,
     /// Set by `begin_close`: the connection is on its way out.
     closing: AtomicBool,
@@ -335,14 +388,20 @@ impl Entry {
         !self.closing.load(Ordering::Relaxed)
     }
 
-    fn queue(&self, frame: Bytes) -> Result<(), SendError> {
-        if !self.is_open() || self.close.is_cancelled() {
+    fn queue(&self, frame: Bytes, limit: usize) -> Result<(), SendError> {
+        if !self.is_open() || self.close_requested.load(Ordering::Relaxed) {
             return Err(SendError::Closing);
         }
-        self.frames.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closing,
-        })
+        if self.inbox.frames.fetch_add(1, Ordering::Relaxed) >= limit {
+            self.inbox.frames.fetch_sub(1, Ordering::Relaxed);
+            return Err(SendError::QueueFull);
+        }
+        self.inbox.push(Delivery::Frame(frame));
+        Ok(())
+    }
+
+    fn control(&self, control: Control) {
+        self.inbox.push(Delivery::Control(control));
     }
 
     fn stats(&self) -> ConnectionStats {
@@ -438,9 +497,7 @@ fn valid_name(name: &str) -> bool {
 
 impl Hub for LocalHub {
     fn register(&self, peer: PeerInfo) -> Mailbox {
-        let (tx, rx) = mpsc::channel(self.write_queue);
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let close = CancellationToken::new();
+        let inbox = Arc::new(Inbox::default());
         let counters = Arc::new(Counters::default());
         let id = peer.id;
         self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -449,9 +506,8 @@ impl Hub for LocalHub {
             Entry {
                 peer,
                 accepted: Instant::now(),
-                frames: tx,
-                close: close.clone(),
-                control: control_tx,
+                inbox: inbox.clone(),
+                close_requested: AtomicBool::new(false),
                 counters: counters.clone(),
                 closing: AtomicBool::new(false),
                 attributes: Mutex::new(HashMap::new()),
@@ -460,9 +516,7 @@ impl Hub for LocalHub {
             },
         );
         Mailbox {
-            frames: rx,
-            close,
-            control: control_rx,
+            inbox,
             meter: Meter {
                 conn: counters,
                 listener: self.totals.clone(),
@@ -501,7 +555,7 @@ impl Hub for LocalHub {
         }
         let entries = self.read();
         let entry = entries.get(&to).ok_or(SendError::UnknownConnection)?;
-        entry.queue(frame)
+        entry.queue(frame, self.write_queue)
     }
 
     fn broadcast(&self, frame: Bytes, except: Option<ConnectionId>) -> u32 {
@@ -512,7 +566,7 @@ impl Hub for LocalHub {
         let delivered = entries
             .iter()
             .filter(|(id, _)| Some(**id) != except)
-            .filter(|(_, entry)| entry.queue(frame.clone()).is_ok())
+            .filter(|(_, entry)| entry.queue(frame.clone(), self.write_queue).is_ok())
             .count();
         u32::try_from(delivered).unwrap_or(u32::MAX)
     }
@@ -520,7 +574,9 @@ impl Hub for LocalHub {
     fn close(&self, id: ConnectionId) -> bool {
         match self.read().get(&id) {
             Some(entry) if entry.is_open() => {
-                entry.close.cancel();
+                if !entry.close_requested.swap(true, Ordering::Relaxed) {
+                    entry.control(Control::Close);
+                }
                 true
             }
             _ => false,
@@ -662,7 +718,7 @@ impl Hub for LocalHub {
             .iter()
             .filter(|id| Some(**id) != except)
             .filter_map(|id| entries.get(id))
-            .filter(|entry| entry.queue(frame.clone()).is_ok())
+            .filter(|entry| entry.queue(frame.clone(), self.write_queue).is_ok())
             .count();
         u32::try_from(delivered).unwrap_or(u32::MAX)
     }
@@ -714,14 +770,11 @@ impl Hub for LocalHub {
         }
         let timer = NEXT_TIMER.fetch_add(1, Ordering::Relaxed);
         let interval = interval.map(|i| i.max(MIN_TIMER_INTERVAL));
-        entry
-            .control
-            .send(Control::StartTimer {
-                timer,
-                delay,
-                interval,
-            })
-            .map_err(|_| TimerError::UnknownConnection)?;
+        entry.control(Control::StartTimer {
+            timer,
+            delay,
+            interval,
+        });
         timers.insert(timer);
         lock(&self.timer_owners).insert(timer, id);
         Ok(timer)
@@ -736,7 +789,8 @@ impl Hub for LocalHub {
             return false;
         };
         lock(&entry.timers).remove(&timer);
-        entry.control.send(Control::CancelTimer(timer)).is_ok()
+        entry.control(Control::CancelTimer(timer));
+        true
     }
 
     fn timer_done(&self, id: ConnectionId, timer: TimerId) {
@@ -778,8 +832,21 @@ mod tests {
             hub.send(1, Bytes::from_static(b"b")),
             Err(SendError::QueueFull)
         );
-        assert_eq!(mb.frames.try_recv().unwrap(), Bytes::from_static(b"a"));
+        assert_eq!(
+            mb.try_next(),
+            Some(Delivery::Frame(Bytes::from_static(b"a")))
+        );
+        assert_eq!(
+            hub.send(1, Bytes::from_static(b"b")),
+            Ok(()),
+            "taking a frame frees its slot"
+        );
         assert!(hub.close(1));
+        assert_eq!(
+            mb.try_next(),
+            Some(Delivery::Frame(Bytes::from_static(b"b")))
+        );
+        assert_eq!(mb.try_next(), Some(Delivery::Control(Control::Close)));
         assert_eq!(
             hub.send(1, Bytes::from_static(b"c")),
             Err(SendError::Closing)
@@ -848,8 +915,11 @@ mod tests {
             hub.group_send("room", Bytes::from_static(b"hi"), Some(1)),
             1
         );
-        assert_eq!(b.frames.try_recv().unwrap(), Bytes::from_static(b"hi"));
-        assert!(a.frames.try_recv().is_err());
+        assert_eq!(
+            b.try_next(),
+            Some(Delivery::Frame(Bytes::from_static(b"hi")))
+        );
+        assert_eq!(a.try_next(), None);
         hub.begin_close(2);
         assert_eq!(hub.members("room"), vec![1]);
         assert!(hub.leave(1, "room"));
@@ -863,15 +933,18 @@ mod tests {
         let mut a = hub.register(peer(1));
         let t = hub.start_timer(1, Duration::from_millis(5), None).unwrap();
         assert_eq!(
-            a.control.try_recv().unwrap(),
-            Control::StartTimer {
+            a.try_next().unwrap(),
+            Delivery::Control(Control::StartTimer {
                 timer: t,
                 delay: Duration::from_millis(5),
                 interval: None
-            }
+            })
         );
         assert!(hub.cancel_timer(t));
-        assert_eq!(a.control.try_recv().unwrap(), Control::CancelTimer(t));
+        assert_eq!(
+            a.try_next().unwrap(),
+            Delivery::Control(Control::CancelTimer(t))
+        );
         assert!(!hub.cancel_timer(t));
         for _ in 0..MAX_PER_CONNECTION {
             hub.start_timer(1, Duration::from_secs(1), Some(Duration::ZERO))

@@ -90,6 +90,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub server_pid: Option<u32>,
 
+    /// Instead of load: open this many idle connections (from 127.0.0.1–127.0.0.8 in turn) to
+    /// each server and report its resident memory per connection. Needs `--compare` or
+    /// `--server-pid`.
+    #[arg(long)]
+    pub idle: Option<usize>,
+
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -117,6 +123,7 @@ pub struct BaselineArgs {
 
 /// Runs `pier baseline`.
 pub fn baseline_main(args: BaselineArgs) -> Result<()> {
+    raise_fd_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(w) = args.workers {
         builder.worker_threads(w.max(1));
@@ -201,11 +208,14 @@ impl Measured {
 
 /// Runs `pier bench`.
 pub fn bench_main(args: BenchArgs) -> Result<()> {
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let output = if args.compare {
+    let output = if let Some(count) = args.idle {
+        rt.block_on(idle(&args, count))?
+    } else if args.compare {
         rt.block_on(compare(&args))?
     } else {
         let addr = args
@@ -403,7 +413,107 @@ async fn compare(args: &BenchArgs) -> Result<Value> {
     }))
 }
 
+/// Opens `count` idle connections to `addr`, spread over source addresses 127.0.0.1–8, and
+/// returns the server's resident memory growth per connection.
+async fn idle_memory(addr: &str, pid: u32, count: usize) -> Result<Value> {
+    let target: std::net::SocketAddr = addr.parse().context("server address")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = procstat::resident_bytes(pid).context("cannot read the server's memory")?;
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % 8) as u8);
+        socket.bind((source, 0).into())?;
+        let stream = socket
+            .connect(target)
+            .await
+            .with_context(|| format!("connection {i} of {count} failed"))?;
+        held.push(stream);
+    }
+    // Let the server accept and register every connection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = procstat::resident_bytes(pid).context("cannot read the server's memory")?;
+    drop(held);
+    let per = after.saturating_sub(before) as f64 / count as f64;
+    Ok(json!({
+        "connections": count,
+        "rss_before_bytes": before,
+        "rss_after_bytes": after,
+        "bytes_per_connection": per,
+    }))
+}
+
+async fn idle(args: &BenchArgs, count: usize) -> Result<Value> {
+    raise_fd_limit();
+    if let (Some(addr), Some(pid)) = (&args.addr, args.server_pid) {
+        return Ok(
+            json!({ "idle": [ { "server": "server", "memory": idle_memory(addr, pid, count).await? } ] }),
+        );
+    }
+    if !args.compare {
+        bail!("--idle needs --compare, or ADDR with --server-pid");
+    }
+    let framing = args.framing.name().to_string();
+    let listen = [
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--framing".into(),
+        framing,
+    ];
+    let mut results = Vec::new();
+    let native_args: Vec<String> = ["baseline".to_string()]
+        .into_iter()
+        .chain(listen.clone())
+        .collect();
+    let pier_args: Vec<String> = [
+        "--log-level".to_string(),
+        "warn".into(),
+        "serve".into(),
+        args.plugin.clone(),
+    ]
+    .into_iter()
+    .chain(listen)
+    .collect();
+    for (name, server_args) in [("native", native_args), ("pier", pier_args)] {
+        let server = start_server(&server_args)?;
+        let memory = idle_memory(&server.addr, server.child.id(), count).await?;
+        results.push(json!({ "server": name, "memory": memory }));
+    }
+    Ok(json!({ "idle": results }))
+}
+
+/// Raises this process's open-file limit to its hard limit: servers and load generators both
+/// need one descriptor per connection.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn print_human(args: &BenchArgs, output: &Value) {
+    if let Some(idle) = output["idle"].as_array() {
+        for r in idle {
+            let m = &r["memory"];
+            println!(
+                "{:<8} {} idle connections: {:.0} bytes resident per connection (RSS {} → {} bytes)",
+                r["server"].as_str().unwrap_or("?"),
+                m["connections"],
+                m["bytes_per_connection"].as_f64().unwrap_or(0.0),
+                m["rss_before_bytes"],
+                m["rss_after_bytes"],
+            );
+        }
+        return;
+    }
     println!(
         "{} connections, {} in flight, {} B frames, framing {}",
         args.connections, args.in_flight, args.size, args.framing
