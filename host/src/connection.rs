@@ -396,10 +396,10 @@ impl Connection {
                 self.timer_slots.insert(timer, (key, interval));
             }
             Control::CancelTimer(timer) => {
-                if let Some((key, _)) = self.timer_slots.remove(&timer) {
-                    if let Some(timers) = self.timers.as_mut() {
-                        timers.try_remove(&key);
-                    }
+                if let Some((key, _)) = self.timer_slots.remove(&timer)
+                    && let Some(timers) = self.timers.as_mut()
+                {
+                    timers.try_remove(&key);
                 }
             }
         }
