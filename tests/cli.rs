@@ -584,3 +584,88 @@ fn interactive_send_speaks_seed_004_commands_and_plain_lines() {
         "Welcome to pier chat! Enter your name:\nHello zoe! You can now chat.\nOnline (1): zoe\n"
     );
 }
+
+#[test]
+fn bench_checks_replies_and_compare_measures_pier_next_to_native() {
+    let served = Served::start(&["--listen", "127.0.0.1:0", "--framing", "lines"]);
+    let out = run(pier().args([
+        "bench",
+        &served.addr,
+        "--framing",
+        "lines",
+        "--connections",
+        "4",
+        "--in-flight",
+        "8",
+        "--requests",
+        "400",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &report["results"][0];
+    assert_eq!(r["round_trips"], 400);
+    assert_eq!(r["mismatches"], 0);
+    assert_eq!(r["errors"], 0);
+    assert!(r["p99_us"].as_f64().unwrap() > 0.0);
+
+    // A wrong expectation is counted as mismatches, not hidden.
+    let out = run(pier().args([
+        "bench",
+        &served.addr,
+        "--framing",
+        "lines",
+        "--connections",
+        "2",
+        "--requests",
+        "20",
+        "--expect-prefix",
+        "Nope: ",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["results"][0]["mismatches"], 20);
+
+    let out = run(pier().args([
+        "bench",
+        "--compare",
+        "--framing",
+        "length-prefixed",
+        "--in-flight",
+        "4",
+        "--connections",
+        "2",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--rounds",
+        "1",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let servers: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["server"].as_str().unwrap())
+        .collect();
+    assert_eq!(servers, ["native", "pier"]);
+    for r in report["results"].as_array().unwrap() {
+        assert!(r["round_trips"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["mismatches"], 0, "{r}");
+        assert!(r["cpu_us_per_round_trip"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(report["pier_vs_native"]["round_trips"].as_f64().unwrap() > 0.0);
+
+    let out = run(pier().args(["bench", "--compare", "--idle", "200", "--json"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for r in report["idle"].as_array().unwrap() {
+        assert_eq!(r["memory"]["connections"], 200);
+        assert!(
+            r["memory"]["rss_after_bytes"].as_u64() >= r["memory"]["rss_before_bytes"].as_u64()
+        );
+    }
+}
