@@ -187,6 +187,13 @@ async fn lpjson_scenario(recycle_after: Option<u64>) {
     assert!(is_iso_millis(&echo["timestamp"]));
     assert!(echo["echoed_by"].is_string());
 
+    // A round trip each proves b and c are registered before a broadcasts.
+    for other in [&mut b, &mut c] {
+        assert_eq!(
+            ask_json(other, json!({"type": "ping"})).await["type"],
+            "pong"
+        );
+    }
     let sent = ask_json(&mut a, json!({"type": "broadcast", "content": "to all"})).await;
     assert_eq!(sent["type"], "broadcast_sent");
     assert_eq!(sent["recipients"], 2);

@@ -47,6 +47,26 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Run the native (no WebAssembly) echo server that benchmarks compare pier with.
     Baseline(crate::bench::BaselineArgs),
+    /// Test certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// `pier cert`.
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Write a test CA, a server certificate for HOSTS and a client certificate (PEM files).
+    Generate {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Names and addresses the server certificate is valid for (DNS names and IPs).
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 /// `pier serve`.
@@ -105,6 +125,31 @@ pub struct ServeArgs {
     /// Compile plugins on every start instead of using the cache.
     #[arg(long)]
     pub no_cache: bool,
+
+    /// Serve TLS with this certificate chain (PEM, leaf first). SIGHUP re-reads the files.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, RSA or EC).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// With --client-ca: verify a client certificate when one is presented, but let clients
+    /// without one in.
+    #[arg(long, requires = "client_ca")]
+    pub client_cert_optional: bool,
+
+    /// ALPN protocols to offer, comma-separated, in preference order.
+    #[arg(long, value_delimiter = ',', requires = "tls_cert")]
+    pub alpn: Vec<String>,
+
+    /// Longest a TLS handshake may take.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
 }
 
 /// `pier send`.
@@ -142,6 +187,10 @@ pub struct SendArgs {
     /// Largest reply accepted.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub max_frame: usize,
+
+    /// TLS options.
+    #[command(flatten)]
+    pub tls: crate::tls::client::ClientTlsArgs,
 }
 
 /// `pier check`.
@@ -170,6 +219,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Check(args) => check(args),
         Command::Bench(args) => crate::bench::bench_main(args),
         Command::Baseline(args) => crate::bench::baseline_main(args),
+        Command::Cert(CertCommand::Generate { out, hosts, days }) => {
+            cert_generate(&out, &hosts, days)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -267,12 +319,24 @@ fn serve(args: ServeArgs) -> Result<()> {
         workers: args.workers.unwrap_or(ServerConfig::default().workers),
         drain_timeout: args.drain_timeout,
     };
-    let shared = ListenerShared::new(
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::TlsListener::load(crate::tls::TlsOptions {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+            client_cert_optional: args.client_cert_optional,
+            alpn: args.alpn.clone(),
+            handshake_timeout: args.handshake_timeout,
+        })?),
+        _ => None,
+    };
+    let shared = ListenerShared::with_tls(
         "default",
         framing,
         args.max_frame,
         args.write_queue,
         plugin.clone(),
+        tls.clone(),
     );
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -284,10 +348,14 @@ fn serve(args: ServeArgs) -> Result<()> {
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
+        let mode = if tls.is_some() { ", TLS" } else { "" };
         eprintln!(
-            "pier: listening on {addr} (plugin {}, framing {framing})",
+            "pier: listening on {addr} (plugin {}, framing {framing}{mode})",
             plugin.name
         );
+        if let Some(tls) = tls {
+            tokio::spawn(reload_certificates_on_sighup(tls));
+        }
         server::run(listener, shared, runtime, config, shutdown_signal()).await
     })
 }
@@ -314,6 +382,60 @@ async fn bind(listen: &str) -> Result<TcpListener> {
             }
             _ => anyhow!("cannot listen on {addr}: {err}"),
         })
+}
+
+/// Re-reads the TLS certificate files on every SIGHUP; a bad new set is refused with one line
+/// and the old one stays in use. Open connections are never affected.
+async fn reload_certificates_on_sighup(tls: Arc<crate::tls::TlsListener>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => eprintln!("pier: SIGHUP: TLS certificates reloaded"),
+            Err(err) => eprintln!(
+                "pier: SIGHUP: new TLS certificates refused, keeping the old ones: {err:#}"
+            ),
+        }
+    }
+}
+
+fn cert_generate(out: &Path, hosts: &[String], days: u32) -> Result<()> {
+    let files = crate::tls::certgen::generate(out, hosts, days)?;
+    let p = |path: &PathBuf| path.display().to_string();
+    println!(
+        "wrote test certificates for {} (valid {days} days):",
+        hosts.join(", ")
+    );
+    println!(
+        "  {}  CA certificate: clients trust this",
+        p(&files.ca_cert)
+    );
+    println!(
+        "  {}  CA key: only needed to issue more certificates; keep it private",
+        p(&files.ca_key)
+    );
+    println!("  {}  server certificate", p(&files.server_cert));
+    println!("  {}  server key", p(&files.server_key));
+    println!(
+        "  {}  client certificate (for mutual TLS)",
+        p(&files.client_cert)
+    );
+    println!("  {}  client key", p(&files.client_key));
+    println!(
+        "serve:  pier serve --tls-cert {} --tls-key {} [--client-ca {}]",
+        p(&files.server_cert),
+        p(&files.server_key),
+        p(&files.ca_cert)
+    );
+    println!(
+        "send:   pier send 127.0.0.1:8080 hello --tls --ca {} [--cert {} --key {}]",
+        p(&files.ca_cert),
+        p(&files.client_cert),
+        p(&files.client_key)
+    );
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -366,12 +488,14 @@ fn send(args: SendArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let tls = args.tls.connector(&args.addr)?;
     let reply = rt.block_on(crate::client::send_one(
         &args.addr,
         args.framing,
         &message,
         args.timeout,
         args.max_frame,
+        tls,
     ))?;
     let mut stdout = std::io::stdout().lock();
     if args.hex {

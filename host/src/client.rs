@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::framing::{FrameError, Framing};
 
@@ -44,6 +46,14 @@ pub enum SendFailure {
         /// What was wrong.
         source: FrameError,
     },
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// The address.
+        addr: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
     /// Reading or writing failed.
     #[error("i/o error talking to {addr}: {source}")]
     Io {
@@ -54,16 +64,22 @@ pub enum SendFailure {
     },
 }
 
-/// Sends `message` as one frame to `addr` and returns the first reply frame.
+/// A client stream: plain TCP or TLS.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+
+/// Sends `message` as one frame to `addr` (over TLS when `tls` is given) and returns the first
+/// reply frame.
 pub async fn send_one(
     addr: &str,
     framing: Framing,
     message: &[u8],
     timeout: Duration,
     max_frame: usize,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 ) -> Result<Bytes, SendFailure> {
     let work = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|source| {
+        let tcp = TcpStream::connect(addr).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::ConnectionRefused {
                 SendFailure::Refused(addr.to_string())
             } else {
@@ -73,7 +89,16 @@ pub async fn send_one(
                 }
             }
         })?;
-        stream.set_nodelay(true).ok();
+        tcp.set_nodelay(true).ok();
+        let mut stream: Box<dyn ClientIo> = match tls {
+            None => Box::new(tcp),
+            Some((connector, name)) => Box::new(connector.connect(name, tcp).await.map_err(
+                |source| SendFailure::Tls {
+                    addr: addr.to_string(),
+                    source,
+                },
+            )?),
+        };
         let mut out = BytesMut::new();
         framing
             .encode(message, &mut out)
@@ -86,7 +111,8 @@ pub async fn send_one(
             source,
         };
         stream.write_all(&out).await.map_err(io_err)?;
-        read_reply(&mut stream, addr, framing, max_frame).await
+        stream.flush().await.map_err(io_err)?;
+        read_reply(&mut *stream, addr, framing, max_frame).await
     };
     tokio::time::timeout(timeout, work)
         .await
@@ -98,7 +124,7 @@ pub async fn send_one(
 
 /// Reads one frame; for raw framing that is whatever the first read returns.
 async fn read_reply(
-    stream: &mut TcpStream,
+    stream: &mut dyn ClientIo,
     addr: &str,
     framing: Framing,
     max_frame: usize,

@@ -17,7 +17,6 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::time::{DelayQueue, delay_queue};
@@ -30,6 +29,8 @@ use crate::hub::{
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
 use crate::runtime::{Fault, PluginInstance};
+use crate::tls::{TlsInfo, TlsListener};
+use crate::transport::Transport;
 use crate::worker::{Job, Shutdown};
 
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
@@ -38,16 +39,6 @@ const DRAIN_READ_LIMIT: usize = 1024 * 1024;
 
 /// Most frames handed to a `batch-handler` in one call (the WIT contract's limit).
 const MAX_BATCH: usize = 1024;
-
-/// How much one read takes at most (each worker reads into one shared scratch buffer).
-const READ_CHUNK: usize = 64 * 1024;
-
-thread_local! {
-    /// The worker's read scratch: sockets are read here and only the bytes that arrived are
-    /// copied into the connection, so a connection holds no read buffer while idle (and a
-    /// partial frame costs its own size, not a whole read chunk).
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
-}
 
 /// Serves one connection until it closes, then tells the plugin.
 pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Shutdown) {
@@ -74,12 +65,21 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "unknown".into());
+        let connected_at = SystemTime::now();
+        let (transport, tls) = match &listener.tls {
+            None => (Transport::Plain(stream), None),
+            Some(tls) => match handshake(tls, stream).await {
+                Some((stream, info)) => (Transport::Tls(Box::new(stream)), Some(info)),
+                None => return,
+            },
+        };
         let peer = PeerInfo {
             id,
             remote_addr: remote,
             local_addr: local,
             listener: listener.name.clone(),
-            connected_at: SystemTime::now(),
+            connected_at,
+            tls,
         };
         let record = peer_record(&peer);
         let mailbox = listener.hub.register(peer);
@@ -94,7 +94,7 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
             hub: listener.hub.clone(),
             framing: listener.framing,
             decoder: listener.framing.decoder(listener.max_frame),
-            stream,
+            transport,
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
             mailbox,
@@ -141,6 +141,31 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
     .await
 }
 
+/// Runs the TLS handshake under the listener's timeout; `None` (logged and counted) if it fails.
+/// Inside the connection's own task, so a client that never starts it delays no one else.
+async fn handshake(
+    tls: &TlsListener,
+    stream: TcpStream,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
+    let timeout = tls.handshake_timeout();
+    match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let info = crate::tls::peer_identity(stream.get_ref().1);
+            Some((stream, info))
+        }
+        Ok(Err(err)) => {
+            tls.failed();
+            warn!("TLS handshake failed: {err}");
+            None
+        }
+        Err(_) => {
+            tls.failed();
+            warn!("TLS handshake timed out after {timeout:?}");
+            None
+        }
+    }
+}
+
 /// Keeps a connection in its listener's registry for exactly as long as it is served.
 struct Registration {
     hub: Arc<dyn Hub>,
@@ -178,7 +203,7 @@ struct Connection {
     /// Cuts incoming bytes into frames.
     decoder: FrameDecoder,
     /// The client socket.
-    stream: TcpStream,
+    transport: Transport,
     /// Bytes read but not yet framed.
     read_buf: BytesMut,
     /// Framed replies not yet written.
@@ -238,17 +263,15 @@ impl Connection {
                     self.deliver(delivery);
                     self.take_mailbox();
                 }
-                // Wait for readiness first and only then make room to read, so an idle
-                // connection holds no read buffer.
-                ready = self.stream.readable() => match ready.and_then(|()| self.try_read()) {
-                    Ok(None) => {}
-                    Ok(Some(0)) => {
+                read = self.transport.read_some(&mut self.read_buf, self.decoder.read_hint()) => match read {
+                    Ok(0) => {
                         if let Err(reason) = self.handle_frames(true) {
                             return reason;
                         }
                         return self.closing.unwrap_or(CloseReason::PeerClosed);
                     }
-                    Ok(Some(_)) => {
+                    Ok(n) => {
+                        self.tally.bytes_in += n as u64;
                         if let Err(reason) = self.handle_frames(false) {
                             return reason;
                         }
@@ -268,18 +291,13 @@ impl Connection {
     /// One non-blocking read into the read buffer: `Some(0)` at end of stream, `None` if
     /// nothing is available right now.
     fn try_read(&mut self) -> io::Result<Option<usize>> {
-        let limit = self.decoder.read_hint().clamp(1, READ_CHUNK);
-        SCRATCH.with_borrow_mut(
-            |scratch| match self.stream.try_read(&mut scratch[..limit]) {
-                Ok(n) => {
-                    self.tally.bytes_in += n as u64;
-                    self.read_buf.extend_from_slice(&scratch[..n]);
-                    Ok(Some(n))
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(err) => Err(err),
-            },
-        )
+        let read = self
+            .transport
+            .read_now(&mut self.read_buf, self.decoder.read_hint())?;
+        if let Some(n) = read {
+            self.tally.bytes_in += n as u64;
+        }
+        Ok(read)
     }
 
     /// Hands every complete frame in the read buffer to the plugin, in order, collecting the
@@ -480,7 +498,7 @@ impl Connection {
         let result = tokio::select! {
             biased;
             _ = &mut self.signals.force => Err(io::Error::other("shutdown deadline passed")),
-            r = self.stream.write_all(&self.write_buf) => r,
+            r = self.transport.write_all(&self.write_buf) => r,
         };
         // Release the buffer: an idle connection should hold none, and a small allocation per
         // written batch costs little next to the write itself.
@@ -518,7 +536,7 @@ impl Connection {
     async fn finish(&mut self) {
         self.take_mailbox();
         if self.flush().await.is_ok() {
-            let _ = self.stream.shutdown().await;
+            let _ = self.transport.shutdown().await;
         }
     }
 }

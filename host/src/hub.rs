@@ -52,6 +52,8 @@ pub struct PeerInfo {
     pub listener: Arc<str>,
     /// When it was accepted.
     pub connected_at: SystemTime,
+    /// What the TLS handshake established, on TLS listeners.
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 /// Frame and byte counters, for one connection or a whole listener.
@@ -812,6 +814,7 @@ mod tests {
             local_addr: "127.0.0.1:2".into(),
             listener: Arc::from("test"),
             connected_at: SystemTime::now(),
+            tls: None,
         }
     }
 

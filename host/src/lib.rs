@@ -10,6 +10,8 @@
 //! - [`worker`]: worker threads, each with its own runtime and plugin instances; connections are
 //!   pinned to one worker.
 //! - [`connection`]: one client — read, frame, call the plugin, write replies.
+//! - [`transport`]: plain TCP or TLS streams, read into a per-worker scratch buffer.
+//! - [`tls`]: rustls server and client settings, peer identity, `pier cert generate`.
 //! - [`framing`]: raw, lines and length-prefixed framing with a frame-size limit.
 //! - [`listener`]: what a listener serves (name, framing, limits, plugin, registry).
 //! - [`hub`]: the connection registry behind the plugin's `connections` interface.
@@ -30,4 +32,6 @@ pub mod hub;
 pub mod listener;
 pub mod runtime;
 pub mod server;
+pub mod tls;
+pub mod transport;
 pub mod worker;

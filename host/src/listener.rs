@@ -9,6 +9,7 @@ use crate::framing::Framing;
 use crate::hub::{Hub, LocalHub};
 use crate::runtime::LoadedPlugin;
 use crate::runtime::host::ListenerContext;
+use crate::tls::TlsListener;
 
 /// Defaults for a listener's limits.
 pub const DEFAULT_WRITE_QUEUE: usize = 1024;
@@ -29,16 +30,30 @@ pub struct ListenerShared {
     pub hub: Arc<dyn Hub>,
     /// What plugin instances of this listener are handed.
     pub ctx: Arc<ListenerContext>,
+    /// TLS settings, on TLS listeners.
+    pub tls: Option<Arc<TlsListener>>,
 }
 
 impl ListenerShared {
-    /// Describes a listener with an in-process registry.
+    /// Describes a plain-TCP listener with an in-process registry.
     pub fn new(
         name: &str,
         framing: Framing,
         max_frame: usize,
         write_queue: usize,
         plugin: Arc<LoadedPlugin>,
+    ) -> Arc<Self> {
+        Self::with_tls(name, framing, max_frame, write_queue, plugin, None)
+    }
+
+    /// Describes a listener, with TLS when `tls` is given.
+    pub fn with_tls(
+        name: &str,
+        framing: Framing,
+        max_frame: usize,
+        write_queue: usize,
+        plugin: Arc<LoadedPlugin>,
+        tls: Option<Arc<TlsListener>>,
     ) -> Arc<Self> {
         let name: Arc<str> = Arc::from(name);
         let hub: Arc<dyn Hub> = Arc::new(LocalHub::new(write_queue, max_frame));
@@ -55,6 +70,7 @@ impl ListenerShared {
             plugin,
             hub,
             ctx,
+            tls,
         })
     }
 }

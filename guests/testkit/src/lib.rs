@@ -3,7 +3,8 @@
 //!
 //! - on open: refuses with `server full` when more than 5 connections are open, otherwise greets
 //!   with `welcome ID`;
-//! - frames (lines): `whoami` → `ID REMOTE-ADDR LISTENER`; `peers` → the number of peers;
+//! - frames (lines): `whoami` → `ID REMOTE-ADDR LISTENER` (plus `tls subject=... sans=...
+//!   fingerprint=...` on TLS); `peers` → the number of peers;
 //!   `send ID TEXT` → queues TEXT for ID and replies `sent` or the error's name;
 //!   `broadcast TEXT` → queues TEXT for everyone else and replies `reached N`;
 //!   `close` → replies `bye` and closes itself; `close ID` → closes ID, replies `closed true|false`;
@@ -67,7 +68,18 @@ impl Guest for Testkit {
         let (command, rest) = text.split_once(' ').unwrap_or((text.as_str(), ""));
         let reply = match command {
             "whoami" => match connections::lookup(id) {
-                Some(p) => format!("{} {} {}", p.id, p.remote_addr, p.listener),
+                Some(p) => match p.tls {
+                    None => format!("{} {} {}", p.id, p.remote_addr, p.listener),
+                    Some(tls) => format!(
+                        "{} {} {} tls subject={} sans={} fingerprint={}",
+                        p.id,
+                        p.remote_addr,
+                        p.listener,
+                        tls.client_subject.unwrap_or_default(),
+                        tls.client_sans.join(","),
+                        tls.client_fingerprint.unwrap_or_default(),
+                    ),
+                },
                 None => "not registered".to_string(),
             },
             "peers" => connections::peers().len().to_string(),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::bindings::pier::plugin::{
     attributes, clock, connections, groups, log, stats, timers, types,
 };
-use super::bindings::{Level, Peer, SendError};
+use super::bindings::{Level, Peer, SendError, TlsPeer};
 use crate::hub::{self, ConnectionId, Hub, PeerInfo};
 use std::time::Duration;
 
@@ -107,7 +107,13 @@ pub fn peer_record(info: &PeerInfo) -> Peer {
         remote_addr: info.remote_addr.clone(),
         local_addr: info.local_addr.clone(),
         listener: info.listener.to_string(),
-        tls: None,
+        tls: info.tls.as_ref().map(|t| TlsPeer {
+            server_name: t.server_name.clone(),
+            alpn: t.alpn.clone(),
+            client_subject: t.client_subject.clone(),
+            client_sans: t.client_sans.clone(),
+            client_fingerprint: t.client_fingerprint.clone(),
+        }),
         connected_at_ms,
     }
 }

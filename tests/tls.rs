@@ -1,0 +1,459 @@
+//! TLS end to end with the real binary and real clients: `pier cert generate` certificates,
+//! Python's `ssl` (with hostname checks against 127.0.0.1), `openssl s_client`, `pier send
+//! --tls`, kn-sock's SSL client; mutual TLS refusals (no certificate, another CA, plaintext), a
+//! silent client that must not delay others, a reset before the handshake, the client identity
+//! reaching the plugin, and certificate reload on SIGHUP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PIER: &str = env!("CARGO_BIN_EXE_pier");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn pier() -> Command {
+    let mut cmd = Command::new(PIER);
+    cmd.env(
+        "PIER_CACHE_DIR",
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pier-cache"),
+    )
+    .env_remove("RUST_LOG")
+    .stdin(Stdio::null());
+    cmd
+}
+
+fn generate(dir: &Path) -> String {
+    let out = pier()
+        .args(["cert", "generate", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Served {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    fn start(args: &[&str]) -> Served {
+        let mut child = pier()
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                if let Some(rest) = line.strip_prefix("pier: listening on ") {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("pier reports its address");
+        Served { child, addr, log }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}: {:?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python(script: &str) -> Output {
+    Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap()
+}
+
+/// A Python `ssl` client sending `message` once and printing the reply (or the error).
+fn python_tls(port: u16, certs: &Path, client: Option<&Path>, message: &str) -> String {
+    let client = client.map_or(String::new(), |dir| {
+        format!(
+            "ctx.load_cert_chain('{}', '{}')\n",
+            dir.join("client.pem").display(),
+            dir.join("client-key.pem").display()
+        )
+    });
+    let script = format!(
+        "import ssl, socket\n\
+         ctx = ssl.create_default_context(cafile='{ca}')\n\
+         {client}\
+         try:\n\
+         \x20   s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=10), server_hostname='127.0.0.1')\n\
+         \x20   s.sendall(b'{message}')\n\
+         \x20   data = s.recv(1024)\n\
+         \x20   print('reply:' + data.decode() if data else 'closed')\n\
+         except Exception as e:\n\
+         \x20   print('error:', type(e).__name__, e)\n",
+        ca = certs.join("ca.pem").display(),
+    );
+    let out = python(&script);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn tls_with_generated_certificates_and_real_clients() {
+    let certs = tmp("tls-certs");
+    let printed = generate(&certs);
+    for file in [
+        "ca.pem",
+        "ca-key.pem",
+        "server.pem",
+        "server-key.pem",
+        "client.pem",
+        "client-key.pem",
+    ] {
+        assert!(certs.join(file).exists(), "{file}");
+        assert!(printed.contains(file), "{printed}");
+    }
+    assert!(
+        printed.contains("pier serve --tls-cert") && printed.contains("pier send"),
+        "{printed}"
+    );
+
+    let cert = certs.join("server.pem");
+    let key = certs.join("server-key.pem");
+    let served = Served::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(served.wait_log("listening on").contains("TLS"));
+
+    assert_eq!(
+        python_tls(served.port(), &certs, None, "Hello TLS"),
+        "reply:Echo: Hello TLS"
+    );
+
+    let out = pier()
+        .args([
+            "send",
+            &served.addr,
+            "via pier",
+            "--tls",
+            "--ca",
+            certs.join("ca.pem").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Echo: via pier\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &served.addr,
+            "-CAfile",
+            certs.join("ca.pem").to_str().unwrap(),
+            "-verify_return_error",
+            "-quiet",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed");
+    let mut stdin = s_client.stdin.take().unwrap();
+    stdin.write_all(b"from openssl").unwrap();
+    let mut stdout = s_client.stdout.take().unwrap();
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while !got.ends_with(b"from openssl") && Instant::now() < deadline {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(stdin);
+    let _ = s_client.kill();
+    let _ = s_client.wait();
+    assert_eq!(String::from_utf8_lossy(&got), "Echo: from openssl");
+
+    // Plaintext to a TLS port is refused with a reason in the log; the server carries on.
+    // (A raw client reads rustls's alert record as its "reply"; it is never an echo.)
+    let out = pier()
+        .args(["send", &served.addr, "plain", "--timeout", "5s"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Echo"),
+        "plaintext was served"
+    );
+    served.wait_log("TLS handshake failed");
+    assert_eq!(
+        python_tls(served.port(), &certs, None, "still"),
+        "reply:Echo: still"
+    );
+}
+
+#[test]
+fn mutual_tls_refuses_what_it_must_and_the_plugin_sees_the_client() {
+    let certs = tmp("mtls-certs");
+    generate(&certs);
+    let other = tmp("mtls-other-ca");
+    generate(&other);
+    let testkit = pier::builtin::guest_path("pier_testkit.wasm");
+    let served = Served::start(&[
+        testkit.to_str().unwrap(),
+        "--framing",
+        "lines",
+        "--tls-cert",
+        certs.join("server.pem").to_str().unwrap(),
+        "--tls-key",
+        certs.join("server-key.pem").to_str().unwrap(),
+        "--client-ca",
+        certs.join("ca.pem").to_str().unwrap(),
+        "--handshake-timeout",
+        "2s",
+    ]);
+
+    // A client that connects and says nothing holds only its own task.
+    let silent = TcpStream::connect(&served.addr).unwrap();
+    // A reset before the handshake is survived.
+    {
+        let reset = socket2::Socket::from(TcpStream::connect(&served.addr).unwrap());
+        reset.set_linger(Some(Duration::ZERO)).unwrap();
+    }
+
+    let no_cert = python_tls(served.port(), &certs, None, "whoami\n");
+    assert!(
+        !no_cert.starts_with("reply:welcome"),
+        "no client certificate must be refused: {no_cert}"
+    );
+    let wrong_ca = python_tls(served.port(), &certs, Some(&other), "whoami\n");
+    assert!(
+        !wrong_ca.starts_with("reply:welcome"),
+        "a certificate from another CA must be refused: {wrong_ca}"
+    );
+
+    // The right certificate works, and the plugin sees who the client is.
+    let script = format!(
+        "import ssl, socket\n\
+         ctx = ssl.create_default_context(cafile='{ca}')\n\
+         ctx.load_cert_chain('{cert}', '{key}')\n\
+         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=10), server_hostname='127.0.0.1')\n\
+         f = s.makefile('rwb')\n\
+         print(f.readline().decode().strip())\n\
+         f.write(b'whoami\\n'); f.flush()\n\
+         print(f.readline().decode().strip())\n",
+        ca = certs.join("ca.pem").display(),
+        cert = certs.join("client.pem").display(),
+        key = certs.join("client-key.pem").display(),
+        port = served.port()
+    );
+    let out = python(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("welcome "),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("tls subject=") && text.contains("CN=pier test client"),
+        "{text}"
+    );
+    assert!(text.contains("sans=client.pier.test"), "{text}");
+    assert!(
+        text.contains("fingerprint=") && !text.contains("fingerprint=\n"),
+        "{text}"
+    );
+
+    // The silent client is dropped at the handshake timeout, with a reason.
+    served.wait_log("TLS handshake timed out");
+    drop(silent);
+    served.wait_log("TLS handshake failed");
+}
+
+#[test]
+fn kn_sock_ssl_client_gets_the_echo() {
+    let certs = tmp("knsock-tls-certs");
+    generate(&certs);
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("knsock-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        assert!(
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let has = Command::new(&python)
+        .args(["-c", "import kn_sock"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if !has {
+        let pip = |args: &[&str]| {
+            Command::new(&python)
+                .args(["-m", "pip", "install", "-q"])
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(pip(&["--no-deps", "kn-sock==0.3.0"]) && pip(&["requests"]));
+    }
+    let served = Served::start(&[
+        "--tls-cert",
+        certs.join("server.pem").to_str().unwrap(),
+        "--tls-key",
+        certs.join("server-key.pem").to_str().unwrap(),
+        "--client-ca",
+        certs.join("ca.pem").to_str().unwrap(),
+    ]);
+    let script = format!(
+        "import logging, sys\n\
+         logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n\
+         from kn_sock import send_ssl_tcp_message\n\
+         send_ssl_tcp_message('127.0.0.1', {port}, 'Hello SSL', cafile='{ca}', certfile='{cert}', keyfile='{key}')\n",
+        port = served.port(),
+        ca = certs.join("ca.pem").display(),
+        cert = certs.join("client.pem").display(),
+        key = certs.join("client-key.pem").display(),
+    );
+    let out = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("Server response: Echo: Hello SSL"), "{log}");
+}
+
+#[test]
+fn sighup_reloads_certificates_without_dropping_connections() {
+    let first = tmp("reload-first");
+    generate(&first);
+    let second = tmp("reload-second");
+    generate(&second);
+    let live = tmp("reload-live");
+    std::fs::create_dir_all(&live).unwrap();
+    for f in ["server.pem", "server-key.pem"] {
+        std::fs::copy(first.join(f), live.join(f)).unwrap();
+    }
+    let served = Served::start(&[
+        "--tls-cert",
+        live.join("server.pem").to_str().unwrap(),
+        "--tls-key",
+        live.join("server-key.pem").to_str().unwrap(),
+    ]);
+    // A connection open across the reloads.
+    let script = format!(
+        "import ssl, socket, sys\n\
+         ctx = ssl.create_default_context(cafile='{ca}')\n\
+         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=20), server_hostname='127.0.0.1')\n\
+         s.sendall(b'before'); print(s.recv(1024).decode(), flush=True)\n\
+         sys.stdin.readline()\n\
+         s.sendall(b'after'); print(s.recv(1024).decode(), flush=True)\n",
+        ca = first.join("ca.pem").display(),
+        port = served.port()
+    );
+    let mut open = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut open_out = BufReader::new(open.stdout.take().unwrap());
+    let mut line = String::new();
+    open_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "Echo: before");
+
+    let kill = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &served.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // A broken new key is refused and the old certificate stays in use.
+    std::fs::write(live.join("server-key.pem"), "not a key").unwrap();
+    kill("-HUP");
+    served.wait_log("new TLS certificates refused");
+    assert_eq!(
+        python_tls(served.port(), &first, None, "old"),
+        "reply:Echo: old"
+    );
+
+    // A good new pair is taken: new clients must now trust the second CA.
+    for f in ["server.pem", "server-key.pem"] {
+        std::fs::copy(second.join(f), live.join(f)).unwrap();
+    }
+    kill("-HUP");
+    served.wait_log("TLS certificates reloaded");
+    assert_eq!(
+        python_tls(served.port(), &second, None, "new"),
+        "reply:Echo: new"
+    );
+    assert!(python_tls(served.port(), &first, None, "x").starts_with("error:"));
+
+    // The connection opened before both reloads is still being served.
+    open.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    open_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "Echo: after");
+    let _ = open.wait();
+}
