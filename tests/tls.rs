@@ -457,3 +457,65 @@ fn sighup_reloads_certificates_without_dropping_connections() {
     assert_eq!(line.trim(), "Echo: after");
     let _ = open.wait();
 }
+
+#[test]
+fn sni_chooses_the_certificate_by_server_name() {
+    let default = tmp("sni-default");
+    generate(&default);
+    let other = tmp("sni-other");
+    let out = pier()
+        .args([
+            "cert",
+            "generate",
+            "--out",
+            other.to_str().unwrap(),
+            "--hosts",
+            "other.pier.test",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let sni = format!(
+        "other.pier.test,{},{}",
+        other.join("server.pem").display(),
+        other.join("server-key.pem").display()
+    );
+    let served = Served::start(&[
+        "--tls-cert",
+        default.join("server.pem").to_str().unwrap(),
+        "--tls-key",
+        default.join("server-key.pem").to_str().unwrap(),
+        "--sni",
+        &sni,
+    ]);
+    let ask = |ca: &Path, name: &str| {
+        let script = format!(
+            "import ssl, socket\n\
+             ctx = ssl.create_default_context(cafile='{ca}')\n\
+             try:\n\
+             \x20   s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=10), server_hostname='{name}')\n\
+             \x20   s.sendall(b'sni'); print(s.recv(1024).decode())\n\
+             except Exception as e:\n\
+             \x20   print('error:', type(e).__name__)\n",
+            ca = ca.join("ca.pem").display(),
+            port = served.port()
+        );
+        String::from_utf8_lossy(&python(&script).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        ask(&other, "other.pier.test"),
+        "Echo: sni",
+        "the SNI certificate is served"
+    );
+    assert_eq!(
+        ask(&default, "localhost"),
+        "Echo: sni",
+        "others get the default certificate"
+    );
+    assert!(
+        ask(&default, "other.pier.test").starts_with("error:"),
+        "not the default for that name"
+    );
+}

@@ -150,6 +150,11 @@ pub struct ServeArgs {
     /// Longest a TLS handshake may take.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// An extra certificate for clients asking for NAME with SNI: `NAME,CERT.pem,KEY.pem`
+    /// (repeatable). Others get --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub sni: Vec<crate::tls::SniCert>,
 }
 
 /// `pier send`.
@@ -327,6 +332,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             client_cert_optional: args.client_cert_optional,
             alpn: args.alpn.clone(),
             handshake_timeout: args.handshake_timeout,
+            sni: args.sni.clone(),
         })?),
         _ => None,
     };

@@ -38,6 +38,69 @@ pub struct TlsOptions {
     pub alpn: Vec<String>,
     /// Longest a handshake may take.
     pub handshake_timeout: Duration,
+    /// Extra certificates chosen by the SNI name the client asks for; `cert`/`key` serve
+    /// everyone else (no SNI, or a name not listed).
+    pub sni: Vec<SniCert>,
+}
+
+/// A certificate served to clients asking for `name` with SNI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SniCert {
+    /// The server name (case-insensitive).
+    pub name: String,
+    /// Its certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+impl std::str::FromStr for SniCert {
+    type Err = String;
+
+    /// Parses `NAME,CERT.pem,KEY.pem`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.splitn(3, ',');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), Some(cert), Some(key)) if !name.is_empty() => Ok(SniCert {
+                name: name.to_ascii_lowercase(),
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            _ => Err(format!("`{s}` is not NAME,CERT.pem,KEY.pem")),
+        }
+    }
+}
+
+/// Picks the certificate by SNI name, falling back to the listener's default.
+#[derive(Debug)]
+struct SniResolver {
+    by_name: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
+    default: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|name| self.by_name.get(&name.to_ascii_lowercase()));
+        Some(chosen.unwrap_or(&self.default).clone())
+    }
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>> {
+    let certified =
+        rustls::sign::CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider())
+            .with_context(|| {
+                format!(
+                    "{} and {} do not form a usable pair",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+    Ok(Arc::new(certified))
 }
 
 /// What the handshake established about a client (mirrors WIT `types.tls-peer`).
@@ -136,8 +199,6 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore> {
 }
 
 fn server_config(options: &TlsOptions) -> Result<rustls::ServerConfig> {
-    let certs = load_certs(&options.cert)?;
-    let key = load_key(&options.key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("no TLS protocol version available")?;
@@ -154,9 +215,15 @@ fn server_config(options: &TlsOptions) -> Result<rustls::ServerConfig> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .context("the certificate and key do not form a usable pair")?;
+    let mut by_name = std::collections::HashMap::new();
+    for sni in &options.sni {
+        by_name.insert(sni.name.clone(), certified_key(&sni.cert, &sni.key)?);
+    }
+    let resolver = SniResolver {
+        by_name,
+        default: certified_key(&options.cert, &options.key)?,
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(config)
 }
