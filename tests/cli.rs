@@ -669,3 +669,35 @@ fn bench_checks_replies_and_compare_measures_pier_next_to_native() {
         );
     }
 }
+
+#[test]
+fn bench_compares_over_tls_and_measures_handshakes() {
+    for extra in [&[][..], &["--reconnect"][..]] {
+        let out = run(pier()
+            .args([
+                "bench",
+                "--compare",
+                "--tls",
+                "--framing",
+                "lines",
+                "--connections",
+                "2",
+                "--duration",
+                "300ms",
+                "--warmup",
+                "0s",
+                "--rounds",
+                "1",
+                "--json",
+            ])
+            .args(extra));
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["tls"], true);
+        for r in report["results"].as_array().unwrap() {
+            assert!(r["round_trips"].as_u64().unwrap() > 0, "{extra:?}: {r}");
+            assert_eq!(r["mismatches"], 0, "{extra:?}: {r}");
+            assert_eq!(r["errors"], 0, "{extra:?}: {r}");
+        }
+    }
+}

@@ -11,7 +11,9 @@ Every pier figure is measured next to its peer in the same run on the same machi
 - kn-sock's async server (the seed's Python server, from PyPI) under the same load as pier;
 - HTTP: pier's http plugin vs nginx `return 200`, with wrk (Debian packages nginx-light, wrk),
   where installed.
-TLS figures need the TLS issue and are reported as not measured until then.
+- TLS: pier with a TLS listener vs the native baseline with tokio-rustls, same generated
+  certificate: echo round trips over established connections, and handshakes per second
+  (`--reconnect`: connect, handshake, one frame, close).
 """
 import argparse
 import json
@@ -88,6 +90,26 @@ def echo_table(duration, rounds, connections):
             f"{native['cpu_us_per_round_trip']:.2f} | {pier['cpu_us_per_round_trip']:.2f} | "
             f"**{ratio['cpu_per_round_trip']:.2f}×** | {pier['p50_us']:.0f} / {pier['p99_us']:.0f} | "
             f"{native['mismatches'] + pier['mismatches']} |")
+    return "\n".join(rows)
+
+
+def tls_table(duration, rounds, connections):
+    rows = ["| what | native (tokio-rustls) per s | pier per s | pier/native | native CPU µs | "
+            "pier CPU µs | CPU ratio |", "|---|---|---|---|---|---|---|"]
+    cases = [("echo round trips, 1 in flight, lines", connections, ["--framing", "lines"]),
+             ("echo round trips, 32 in flight, lines", connections,
+              ["--framing", "lines", "--in-flight", "32"]),
+             ("handshakes (connect + handshake + 1 frame + close), 10 clients", 10,
+              ["--framing", "lines", "--reconnect"])]
+    for label, clients, extra in cases:
+        args = ["--compare", "--tls", "--connections", str(clients), "--duration", duration,
+                "--rounds", str(rounds), *extra]
+        out = bench_json(args)
+        native, pier = out["results"]
+        ratio = out["pier_vs_native"]
+        rows.append(f"| {label} | {native['round_trips_per_s']:,.0f} | {pier['round_trips_per_s']:,.0f} | "
+                    f"**{ratio['round_trips']:.2f}×** | {native['cpu_us_per_round_trip']:.2f} | "
+                    f"{pier['cpu_us_per_round_trip']:.2f} | {ratio['cpu_per_round_trip']:.2f}× |")
     return "\n".join(rows)
 
 
@@ -205,7 +227,8 @@ def main():
     print(f"\n### Idle connections\n\n{idle_table(args.idle)}")
     print(f"\n### The seed's Python server\n\n{knsock_table(args.duration, args.connections)}")
     print(f"\n### HTTP\n\n{http_table(args.duration)}")
-    print("\n### TLS\n\n_Not measured yet: TLS arrives with the TLS issue._")
+    print(f"\n### TLS (TLS 1.3, ECDSA P-256 certificate from `pier cert generate`)\n\n"
+          f"{tls_table(args.duration, args.rounds, args.connections)}")
 
 
 if __name__ == "__main__":

@@ -5,21 +5,43 @@
 
 use anyhow::{Context, Result};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::framing::Framing;
 
-/// Serves the native echo on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, framing: Framing, max_frame: usize) -> Result<()> {
+/// Serves the native echo on `listener` until the process ends, over TLS when `tls` is given
+/// (plain tokio-rustls, the native peer of pier's TLS listener).
+pub async fn serve(
+    listener: TcpListener,
+    framing: Framing,
+    max_frame: usize,
+    tls: Option<TlsAcceptor>,
+) -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await.context("accept")?;
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, framing, max_frame));
+        match tls.clone() {
+            None => {
+                tokio::spawn(connection(stream, framing, max_frame));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        connection(stream, framing, max_frame).await;
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn connection(mut stream: TcpStream, framing: Framing, max_frame: usize) {
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    framing: Framing,
+    max_frame: usize,
+) {
     let mut decoder = framing.decoder(max_frame);
     let mut read_buf = BytesMut::new();
     let mut write_buf = BytesMut::new();
@@ -44,7 +66,7 @@ async fn connection(mut stream: TcpStream, framing: Framing, max_frame: usize) {
                 Err(_) => return,
             }
         }
-        if stream.write_all(&write_buf).await.is_err() {
+        if stream.write_all(&write_buf).await.is_err() || stream.flush().await.is_err() {
             return;
         }
         write_buf.clear();

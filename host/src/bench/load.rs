@@ -12,13 +12,17 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::client::ClientIo;
 
 use crate::framing::Framing;
 
 /// What a run does.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LoadSpec {
     /// Server address.
     pub addr: String,
@@ -38,6 +42,11 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     /// The reply expected for each frame is this prefix followed by the payload.
     pub expect_prefix: Vec<u8>,
+    /// Connect with TLS.
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Measure connection set-up: every round trip on a new connection (TCP connect, TLS
+    /// handshake if any, one frame, close); latency then covers all of it.
+    pub reconnect: bool,
 }
 
 /// What a run measured.
@@ -101,6 +110,8 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
     let mut tasks = Vec::with_capacity(spec.connections);
     for _ in 0..spec.connections {
         let conn = Conn {
+            tls: spec.tls.clone(),
+            reconnect: spec.reconnect,
             addr: spec.addr.clone(),
             framing: spec.framing,
             in_flight: spec.in_flight.max(1),
@@ -147,6 +158,8 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 struct Conn {
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    reconnect: bool,
     addr: String,
     framing: Framing,
     in_flight: usize,
@@ -178,6 +191,66 @@ impl Conn {
         }
     }
 
+    /// Connects (and handshakes, with TLS).
+    async fn open(&self) -> Option<Box<dyn ClientIo>> {
+        let tcp = TcpStream::connect(&self.addr).await.ok()?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Some(Box::new(tcp)),
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await.ok()?;
+                Some(Box::new(tls))
+            }
+        }
+    }
+
+    /// Reconnect mode: each round trip on a fresh connection.
+    async fn run_reconnecting(self, mut out: Outcome, frame: BytesMut) -> Outcome {
+        let mut decoder = self.framing.decoder(64 * 1024 * 1024);
+        let mut read_buf = BytesMut::with_capacity(4096);
+        while self.take() {
+            let started = Instant::now();
+            let Some(mut stream) = self.open().await else {
+                out.failed = true;
+                return out;
+            };
+            if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
+                out.failed = true;
+                return out;
+            }
+            read_buf.clear();
+            let reply = loop {
+                let reply = if self.framing == Framing::Raw {
+                    (read_buf.len() >= self.expected.len())
+                        .then(|| read_buf.split_to(self.expected.len()).freeze())
+                } else {
+                    decoder.decode(&mut read_buf).ok().flatten()
+                };
+                if let Some(reply) = reply {
+                    break Some(reply);
+                }
+                read_buf.reserve(4096);
+                match tokio::time::timeout(REPLY_TIMEOUT, stream.read_buf(&mut read_buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => break None,
+                }
+            };
+            let Some(reply) = reply else {
+                out.failed = true;
+                return out;
+            };
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let _ = out.latency.record(nanos.max(1));
+            if reply[..] != self.expected[..] {
+                out.mismatches += 1;
+            }
+            out.round_trips += 1;
+            self.progress.done.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.shutdown().await;
+        }
+        out
+    }
+
     async fn run(self) -> Outcome {
         let mut out = Outcome {
             round_trips: 0,
@@ -185,16 +258,18 @@ impl Conn {
             failed: false,
             latency: new_histogram(),
         };
-        let Ok(mut stream) = TcpStream::connect(&self.addr).await else {
-            out.failed = true;
-            return out;
-        };
-        let _ = stream.set_nodelay(true);
         let mut frame = BytesMut::new();
         if self.framing.encode(&self.payload, &mut frame).is_err() {
             out.failed = true;
             return out;
         }
+        if self.reconnect {
+            return self.run_reconnecting(out, frame).await;
+        }
+        let Some(mut stream) = self.open().await else {
+            out.failed = true;
+            return out;
+        };
         let mut decoder = self.framing.decoder(64 * 1024 * 1024);
         let mut read_buf = BytesMut::with_capacity(64 * 1024);
         let mut write_buf = BytesMut::new();
@@ -220,7 +295,7 @@ impl Conn {
                 break;
             }
             if !write_buf.is_empty() {
-                if stream.write_all(&write_buf).await.is_err() {
+                if stream.write_all(&write_buf).await.is_err() || stream.flush().await.is_err() {
                     out.failed = true;
                     break;
                 }

@@ -96,9 +96,19 @@ pub struct BenchArgs {
     #[arg(long)]
     pub idle: Option<usize>,
 
+    /// Every round trip on a new connection (connect, TLS handshake with `--tls`, one frame,
+    /// close): measures connection set-up, e.g. TLS handshakes per second.
+    #[arg(long)]
+    pub reconnect: bool,
+
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// TLS options. With `--compare --tls`, test certificates are generated and both servers
+    /// serve TLS with them.
+    #[command(flatten)]
+    pub tls: crate::tls::client::ClientTlsArgs,
 }
 
 /// `pier baseline`.
@@ -119,6 +129,14 @@ pub struct BaselineArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub workers: Option<usize>,
+
+    /// Serve TLS with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The certificate's key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Runs `pier baseline`.
@@ -141,7 +159,22 @@ pub fn baseline_main(args: BaselineArgs) -> Result<()> {
             listener.local_addr()?,
             args.framing
         );
-        baseline::serve(listener, args.framing, args.max_frame).await
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                let listener = crate::tls::TlsListener::load(crate::tls::TlsOptions {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: None,
+                    client_cert_optional: false,
+                    alpn: Vec::new(),
+                    handshake_timeout: Duration::from_secs(10),
+                    sni: Vec::new(),
+                })?;
+                Some(listener.acceptor())
+            }
+            _ => None,
+        };
+        baseline::serve(listener, args.framing, args.max_frame, tls).await
     })
 }
 
@@ -233,7 +266,10 @@ pub fn bench_main(args: BenchArgs) -> Result<()> {
 }
 
 fn spec(args: &BenchArgs, addr: &str, duration: Option<Duration>) -> LoadSpec {
+    let tls = args.tls.connector(addr).ok().flatten();
     LoadSpec {
+        tls,
+        reconnect: args.reconnect,
         addr: addr.to_string(),
         connections: args.connections.max(1),
         duration: if args.requests.is_some() {
@@ -406,6 +442,8 @@ async fn compare(args: &BenchArgs) -> Result<Value> {
         "connections": args.connections,
         "in_flight": args.in_flight,
         "size": args.size,
+        "tls": args.tls.tls,
+        "reconnect": args.reconnect,
         "duration_s": args.duration.as_secs_f64(),
         "rounds": args.rounds,
         "results": [results[0].json(), results[1].json()],
