@@ -263,6 +263,8 @@ fn mutual_tls_refuses_what_it_must_and_the_plugin_sees_the_client() {
         certs.join("ca.pem").to_str().unwrap(),
         "--handshake-timeout",
         "2s",
+        "--alpn",
+        "pier-test",
     ]);
 
     // A client that connects and says nothing holds only its own task.
@@ -284,12 +286,24 @@ fn mutual_tls_refuses_what_it_must_and_the_plugin_sees_the_client() {
         "a certificate from another CA must be refused: {wrong_ca}"
     );
 
-    // The right certificate works, and the plugin sees who the client is.
+    // Plaintext is refused too.
+    let mut plain = TcpStream::connect(&served.addr).unwrap();
+    plain.set_read_timeout(Some(WAIT)).unwrap();
+    plain.write_all(b"whoami\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply);
+    assert!(
+        !String::from_utf8_lossy(&reply).contains("welcome"),
+        "plaintext must be refused"
+    );
+
+    // The right certificate works, and the plugin sees who the client is — already in on-open.
     let script = format!(
         "import ssl, socket\n\
          ctx = ssl.create_default_context(cafile='{ca}')\n\
          ctx.load_cert_chain('{cert}', '{key}')\n\
-         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=10), server_hostname='127.0.0.1')\n\
+         ctx.set_alpn_protocols(['pier-test', 'other'])\n\
+         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=10), server_hostname='localhost')\n\
          f = s.makefile('rwb')\n\
          print(f.readline().decode().strip())\n\
          f.write(b'whoami\\n'); f.flush()\n\
@@ -301,20 +315,32 @@ fn mutual_tls_refuses_what_it_must_and_the_plugin_sees_the_client() {
     );
     let out = python(&script);
     let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let greeting = lines.next().unwrap_or_default();
     assert!(
-        text.starts_with("welcome "),
+        greeting.starts_with("welcome "),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("tls subject=") && text.contains("CN=pier test client"),
-        "{text}"
+        greeting.contains("subject=") && greeting.contains("CN=pier test client"),
+        "on-open: {greeting}"
     );
-    assert!(text.contains("sans=client.pier.test"), "{text}");
     assert!(
-        text.contains("fingerprint=") && !text.contains("fingerprint=\n"),
-        "{text}"
+        greeting.contains("alpn=pier-test"),
+        "negotiated ALPN reaches on-open: {greeting}"
     );
+    assert!(
+        greeting.contains("sni=localhost"),
+        "SNI reaches on-open: {greeting}"
+    );
+    let whoami = lines.next().unwrap_or_default();
+    assert!(
+        whoami.contains("tls subject=") && whoami.contains("CN=pier test client"),
+        "{whoami}"
+    );
+    assert!(whoami.contains("sans=client.pier.test"), "{whoami}");
+    assert!(!whoami.ends_with("fingerprint="), "{whoami}");
 
     // The silent client is dropped at the handshake timeout, with a reason.
     served.wait_log("TLS handshake timed out");

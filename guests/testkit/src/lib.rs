@@ -2,7 +2,7 @@
 //! sockets. It keeps no state in guest memory; everything it knows comes from the host.
 //!
 //! - on open: refuses with `server full` when more than 5 connections are open, otherwise greets
-//!   with `welcome ID`;
+//!   with `welcome ID` (on TLS: plus the client subject, ALPN protocol and SNI name it was given);
 //! - frames (lines): `whoami` → `ID REMOTE-ADDR LISTENER` (plus `tls subject=... sans=...
 //!   fingerprint=...` on TLS); `peers` → the number of peers;
 //!   `send ID TEXT` → queues TEXT for ID and replies `sent` or the error's name;
@@ -60,7 +60,18 @@ impl Guest for Testkit {
                 message: Some(b"server full".to_vec()),
             });
         }
-        Ok(Some(format!("welcome {}", peer.id).into_bytes()))
+        // On TLS listeners the greeting also shows what on-open was told about the client.
+        let greeting = match &peer.tls {
+            None => format!("welcome {}", peer.id),
+            Some(tls) => format!(
+                "welcome {} tls subject={} alpn={} sni={}",
+                peer.id,
+                tls.client_subject.clone().unwrap_or_default(),
+                tls.alpn.clone().unwrap_or_default(),
+                tls.server_name.clone().unwrap_or_default(),
+            ),
+        };
+        Ok(Some(greeting.into_bytes()))
     }
 
     fn on_frame(id: ConnectionId, frame: Vec<u8>) -> Option<Vec<u8>> {
