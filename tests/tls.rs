@@ -545,3 +545,102 @@ fn sni_chooses_the_certificate_by_server_name() {
         "not the default for that name"
     );
 }
+
+#[test]
+fn optional_client_certificates_and_client_side_options() {
+    let certs = tmp("optional-certs");
+    generate(&certs);
+    let other = tmp("optional-other");
+    generate(&other);
+    let testkit = pier::builtin::guest_path("pier_testkit.wasm");
+    let served = Served::start(&[
+        testkit.to_str().unwrap(),
+        "--framing",
+        "lines",
+        "--tls-cert",
+        certs.join("server.pem").to_str().unwrap(),
+        "--tls-key",
+        certs.join("server-key.pem").to_str().unwrap(),
+        "--client-ca",
+        certs.join("ca.pem").to_str().unwrap(),
+        "--client-cert-optional",
+    ]);
+    let greet = |client: Option<&Path>| {
+        let load = client.map_or(String::new(), |dir| {
+            format!(
+                "ctx.load_cert_chain('{}', '{}')\n",
+                dir.join("client.pem").display(),
+                dir.join("client-key.pem").display()
+            )
+        });
+        let script = format!(
+            "import ssl, socket\n\
+             ctx = ssl.create_default_context(cafile='{ca}')\n\
+             {load}\
+             try:\n\
+             \x20   s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=10), server_hostname='127.0.0.1')\n\
+             \x20   print(s.makefile('rb').readline().decode().strip() or 'closed')\n\
+             except Exception as e:\n\
+             \x20   print('error:', type(e).__name__)\n",
+            ca = certs.join("ca.pem").display(),
+            port = served.port()
+        );
+        String::from_utf8_lossy(&python(&script).stdout)
+            .trim()
+            .to_string()
+    };
+    let anonymous = greet(None);
+    assert!(
+        anonymous.starts_with("welcome ") && anonymous.contains("subject= "),
+        "let in without a certificate: {anonymous}"
+    );
+    let known = greet(Some(&certs));
+    assert!(known.contains("CN=pier test client"), "{known}");
+    let foreign = greet(Some(&other));
+    assert!(
+        !foreign.starts_with("welcome"),
+        "a presented certificate is still verified: {foreign}"
+    );
+
+    // Client options of `pier send --tls`.
+    let echo = Served::start(&[
+        "--tls-cert",
+        certs.join("server.pem").to_str().unwrap(),
+        "--tls-key",
+        certs.join("server-key.pem").to_str().unwrap(),
+    ]);
+    let send = |extra: &[&str]| {
+        pier()
+            .args(["send", &echo.addr, "opts", "--tls", "--timeout", "5s"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = send(&["--insecure"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Echo: opts\n",
+        "--insecure skips verification"
+    );
+    let ca = certs.join("ca.pem");
+    let out = send(&["--ca", ca.to_str().unwrap(), "--server-name", "localhost"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: opts\n");
+    let out = send(&[
+        "--ca",
+        ca.to_str().unwrap(),
+        "--server-name",
+        "wrong.example",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TLS handshake") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let out = send(&[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--ca"),
+        "says what is missing"
+    );
+}
