@@ -68,8 +68,10 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
         let connected_at = SystemTime::now();
         let (transport, tls) = match &listener.tls {
             None => (Transport::Plain(stream), None),
-            Some(tls) => match handshake(tls, stream).await {
-                Some((stream, info)) => (Transport::Tls(Box::new(stream)), Some(info)),
+            // Boxed: the handshake future embeds a whole rustls connection, and unboxed it
+            // would enlarge every connection task, TLS or not, for its whole life.
+            Some(tls) => match Box::pin(handshake(tls, stream)).await {
+                Some((stream, info)) => (Transport::Tls(Box::new(stream)), Some(Box::new(info))),
                 None => return,
             },
         };

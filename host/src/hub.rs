@@ -52,8 +52,9 @@ pub struct PeerInfo {
     pub listener: Arc<str>,
     /// When it was accepted.
     pub connected_at: SystemTime,
-    /// What the TLS handshake established, on TLS listeners.
-    pub tls: Option<crate::tls::TlsInfo>,
+    /// What the TLS handshake established, on TLS listeners (boxed: most peers have none,
+    /// and this record is kept for every connection).
+    pub tls: Option<Box<crate::tls::TlsInfo>>,
 }
 
 /// Frame and byte counters, for one connection or a whole listener.
