@@ -5,114 +5,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const PIER: &str = env!("CARGO_BIN_EXE_pier");
-const WAIT: Duration = Duration::from_secs(30);
+#[path = "common/served.rs"]
+mod served;
 
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-fn pier() -> Command {
-    let mut cmd = Command::new(PIER);
-    cmd.env("PIER_CACHE_DIR", tmp().join("pier-cache"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// A running `pier serve`, killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Served {
-        let mut child = pier()
-            .arg("serve")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pier serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    lines.lock().unwrap().push(line.clone());
-                    if let Some(rest) = line.strip_prefix("pier: listening on ") {
-                        let addr = rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
-                        let _ = tx.send((addr, line.clone()));
-                    }
-                }
-            });
-        }
-        let (addr, line) = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-            panic!(
-                "pier did not report its address; stderr: {:?}",
-                lines.lock().unwrap()
-            )
-        });
-        assert!(line.contains("(plugin "), "{line}");
-        Served {
-            child,
-            addr,
-            stderr: lines,
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pier did not exit; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use served::{Served, WAIT, pier, tmp};
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run pier")

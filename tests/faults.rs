@@ -81,3 +81,84 @@ async fn repeated_faults_keep_being_recovered() {
     }
     server.stop().await;
 }
+
+/// Two tenants in one process: `faulty` (the misbehaving plugin, 8 MiB of memory, a 200 ms call
+/// deadline) and `calm` (echo), on one worker so every fault hits the instance the bystanders
+/// also use.
+async fn two_tenants(test: &str) -> common::Deployed {
+    let dir = common::scratch_dir(test);
+    std::fs::write(dir.join("faulty.wasm"), faulty_wasm()).expect("write the plugin");
+    common::Deployed::start(
+        &dir,
+        r#"
+[server]
+workers = 1
+
+[[listener]]
+name = "faulty"
+address = "127.0.0.1:0"
+plugin = "faulty.wasm"
+framing = "lines"
+[listener.limits]
+memory = "8MiB"
+call_deadline = "200ms"
+
+[[listener]]
+name = "calm"
+address = "127.0.0.1:0"
+plugin = "echo"
+framing = "lines"
+[listener.limits]
+memory = "8MiB"
+"#,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn each_fault_costs_one_connection_and_neither_tenant_notices() {
+    let pier = two_tenants("fault-tenants").await;
+    let mut neighbour = pier.client("faulty").await;
+    let mut other_tenant = pier.client("calm").await;
+    for magic in ["trap", "loop", "oom", "panic", "flood"] {
+        let mut offender = pier.client("faulty").await;
+        assert_eq!(offender.ask(b"hello").await, b"Echo: hello");
+        offender.send(magic.as_bytes()).await;
+        assert!(
+            offender.closed_by_server().await,
+            "`{magic}` closes the offending connection"
+        );
+        let msg = format!("after {magic}");
+        assert_eq!(
+            neighbour.ask(msg.as_bytes()).await,
+            common::echoed(msg.as_bytes()),
+            "same tenant still served after `{magic}`"
+        );
+        assert_eq!(
+            other_tenant.ask(msg.as_bytes()).await,
+            common::echoed(msg.as_bytes()),
+            "other tenant still served after `{magic}`"
+        );
+    }
+    // Each fault was counted under its kind, against the tenant that caused it.
+    use pier::runtime::FaultKind;
+    let server = pier.deployer.server();
+    let faulty = &server.listener("faulty").expect("listener").ctx.faults;
+    let counted: Vec<(&str, u64)> = FaultKind::ALL
+        .iter()
+        .map(|&k| (k.name(), faulty.of(k)))
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("trap", 2),
+            ("deadline", 1),
+            ("memory", 1),
+            ("send-flood", 1),
+            ("instantiate", 0)
+        ]
+    );
+    let calm = &server.listener("calm").expect("listener").ctx.faults;
+    assert_eq!(calm.total(), 0);
+    pier.stop().await;
+}

@@ -28,7 +28,7 @@ fn frame_call(c: &mut Criterion) {
     let wasm = pier::builtin::find("echo").expect("echo").wasm;
     let plugin = runtime.load_plugin("echo", wasm).expect("load echo");
     let shared = ListenerShared::new("bench", Framing::Raw, 1 << 20, 64, plugin.clone());
-    let mut instance = PluginInstance::new(runtime, plugin, shared.ctx.clone());
+    let mut instance = PluginInstance::fixed(runtime, plugin, shared.ctx.clone());
     let frame = [b'x'; 16];
 
     let mut group = c.benchmark_group("echo 16 B frame");

@@ -6,18 +6,17 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
 
-use crate::builtin;
+use crate::config::{Config, ListenerSpec, PluginRef, ServerSection};
+use crate::deploy::Deployer;
 use crate::framing::Framing;
-use crate::listener::{DEFAULT_WRITE_QUEUE, ListenerShared};
-use crate::runtime::{LoadedPlugin, Runtime, RuntimeConfig};
-use crate::server::{self, ServerConfig};
+use crate::listener::{DEFAULT_WRITE_QUEUE, Limits};
+use crate::runtime::{InstanceLimits, Runtime, RuntimeConfig};
+use crate::server::{Server, ServerConfig};
 
 /// pier: a TCP server whose message handlers are sandboxed WebAssembly components.
 #[derive(Parser, Debug)]
@@ -36,8 +35,11 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve TCP clients with a plugin (the built-in echo plugin by default).
+    /// Serve TCP clients with a plugin (the built-in echo plugin by default), or every listener
+    /// of a pier.toml with `--config`.
     Serve(ServeArgs),
+    /// Ask a running `pier serve` to reload its config and plugins (sends it SIGHUP).
+    Reload(ReloadArgs),
     /// Send one frame to a server and print the reply.
     Send(SendArgs),
     /// Check that a file is a pier plugin and show what it imports and exports.
@@ -72,9 +74,26 @@ pub enum CertCommand {
 /// `pier serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A plugin: a `.wasm` component file or a built-in: echo, chat, http, stats, lpjson.
-    #[arg(default_value = "echo")]
-    pub plugin: String,
+    /// A plugin: a `.wasm` component file or a built-in: echo, chat, http, stats, lpjson
+    /// (default: echo).
+    pub plugin: Option<String>,
+
+    /// Serve the listeners of this pier.toml instead of one plugin; SIGHUP re-reads it.
+    #[arg(long, conflicts_with_all = ["plugin", "tls_cert", "sni"])]
+    pub config: Option<PathBuf>,
+
+    /// Reload the plugin when its file changes (always on with --config unless
+    /// `[server] watch = false`).
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Write the process id here, for `pier reload --pid-file`.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+
+    /// Close connections that send nothing for this long, e.g. `5m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
 
     /// Address to listen on; port 0 picks a free port (the real one is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -93,7 +112,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub workers: Option<usize>,
 
-    /// Most connections open at once; more clients wait in the accept backlog.
+    /// Most connections open at once; further clients are closed at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
 
@@ -157,6 +176,22 @@ pub struct ServeArgs {
     pub sni: Vec<crate::tls::SniCert>,
 }
 
+/// `pier reload`.
+#[derive(Args, Debug)]
+pub struct ReloadArgs {
+    /// The process id of `pier serve`.
+    #[arg(
+        long,
+        required_unless_present = "pid_file",
+        conflicts_with = "pid_file"
+    )]
+    pub pid: Option<i32>,
+
+    /// The file `pier serve --pid-file` wrote.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+}
+
 /// `pier send`.
 #[derive(Args, Debug)]
 pub struct SendArgs {
@@ -205,14 +240,7 @@ pub struct CheckArgs {
     pub plugin: String,
 }
 
-/// Parses `1048576`, `64KiB`, `1MiB`, `1 MB`.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("`{s}` is not a size ({e})"))?;
-    usize::try_from(size.as_u64()).map_err(|_| format!("`{s}` is too large"))
-}
+pub use crate::config::parse_size;
 
 /// Entry point of the binary: runs the command and turns an error into one stderr line.
 pub fn main() -> std::process::ExitCode {
@@ -220,6 +248,7 @@ pub fn main() -> std::process::ExitCode {
     init_logging(&cli.log_level);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Reload(args) => reload(args),
         Command::Send(args) => send(args),
         Command::Check(args) => check(args),
         Command::Bench(args) => crate::bench::bench_main(args),
@@ -249,83 +278,24 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-/// A plugin argument resolved to bytes.
-struct PluginSource {
-    /// Name for logs: the built-in name or the path.
-    name: String,
-    /// The component.
-    bytes: Vec<u8>,
-    /// The built-in's preferred framing.
-    framing: Option<Framing>,
-}
-
-fn resolve_plugin(arg: &str) -> Result<PluginSource> {
-    let path = Path::new(arg);
-    let looks_like_path = arg.ends_with(".wasm") || arg.contains('/');
-    if !looks_like_path {
-        if let Some(b) = builtin::find(arg) {
-            return Ok(PluginSource {
-                name: b.name.to_string(),
-                bytes: b.wasm.to_vec(),
-                framing: Some(b.framing),
-            });
-        }
-        if !path.exists() {
-            bail!(
-                "no plugin file or built-in plugin named `{arg}` (built-in plugins: {})",
-                builtin::names()
-            );
-        }
+/// The config `pier serve` runs: the file given with `--config`, or one listener named
+/// `default` made from the command line.
+fn serve_config(args: &ServeArgs) -> Result<Config> {
+    if let Some(path) = &args.config {
+        return Config::load(path);
     }
-    if !path.exists() {
-        bail!("plugin file {arg} does not exist");
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {arg}"))?;
-    Ok(PluginSource {
-        name: arg.to_string(),
-        bytes,
-        framing: None,
-    })
-}
-
-fn load(runtime: &Runtime, source: &PluginSource) -> Result<Arc<LoadedPlugin>> {
-    runtime
-        .load_plugin(&source.name, &source.bytes)
-        .map_err(|err| anyhow!("plugin {}: {err}", source.name))
-}
-
-fn serve(args: ServeArgs) -> Result<()> {
-    crate::bench::raise_fd_limit();
-    let source = resolve_plugin(&args.plugin)?;
-    let framing = args.framing.or(source.framing).unwrap_or(Framing::Raw);
-    let runtime = Runtime::new(RuntimeConfig {
-        memory_limit: args.memory_limit,
-        call_deadline: args.call_deadline,
-        recycle_after: args.recycle_after,
-        cache_dir: if args.no_cache {
-            None
-        } else {
-            args.cache_dir
-                .clone()
-                .or_else(crate::runtime::cache::ArtifactCache::default_dir)
-        },
-        ..RuntimeConfig::default()
-    })?;
-    let plugin = load(&runtime, &source)?;
-    tracing::info!(
-        plugin = %plugin.name,
-        version = %plugin.version,
-        cached = plugin.from_cache,
-        "plugin ready in {:?}",
-        plugin.load_time
-    );
-    let config = ServerConfig {
-        max_connections: args.max_connections,
-        workers: args.workers.unwrap_or(ServerConfig::default().workers),
-        drain_timeout: args.drain_timeout,
-    };
+    let plugin = PluginRef::parse(args.plugin.as_deref().unwrap_or("echo"), Path::new(""))?;
+    let framing = args
+        .framing
+        .or(plugin.preferred_framing())
+        .unwrap_or(Framing::Raw);
+    let address = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(resolve(&args.listen))?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::TlsListener::load(crate::tls::TlsOptions {
+        (Some(cert), Some(key)) => Some(crate::tls::TlsOptions {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: args.client_ca.clone(),
@@ -333,78 +303,131 @@ fn serve(args: ServeArgs) -> Result<()> {
             alpn: args.alpn.clone(),
             handshake_timeout: args.handshake_timeout,
             sni: args.sni.clone(),
-        })?),
+        }),
         _ => None,
     };
-    let shared = ListenerShared::with_tls(
-        "default",
-        framing,
-        args.max_frame,
-        args.write_queue,
-        plugin.clone(),
-        tls.clone(),
-    );
+    Ok(Config {
+        path: PathBuf::new(),
+        server: ServerSection {
+            workers: args.workers,
+            drain_timeout: args.drain_timeout,
+            cache_dir: args.cache_dir.clone(),
+            watch: args.watch,
+        },
+        listeners: vec![ListenerSpec {
+            name: "default".into(),
+            address,
+            plugin,
+            framing,
+            max_frame: args.max_frame,
+            upstreams: Vec::new(),
+            tls,
+            sni_plugins: Vec::new(),
+            limits: Limits {
+                max_connections: args.max_connections.max(1),
+                idle_timeout: args.idle_timeout,
+                write_queue: args.write_queue.max(1),
+                instance: Some(InstanceLimits {
+                    memory: args.memory_limit,
+                    call_deadline: args.call_deadline,
+                }),
+                ..Limits::default()
+            },
+            plugin_config: Default::default(),
+        }],
+    })
+}
 
+fn serve(args: ServeArgs) -> Result<()> {
+    crate::bench::raise_fd_limit();
+    let config = serve_config(&args)?;
+    let runtime = Runtime::new(RuntimeConfig {
+        memory_limit: config.largest_memory().max(args.memory_limit),
+        call_deadline: args.call_deadline,
+        recycle_after: args.recycle_after,
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            config
+                .server
+                .cache_dir
+                .clone()
+                .or_else(crate::runtime::cache::ArtifactCache::default_dir)
+        },
+        ..RuntimeConfig::default()
+    })?;
+    let server_config = ServerConfig {
+        max_connections: args.max_connections,
+        workers: config
+            .server
+            .workers
+            .unwrap_or(ServerConfig::default().workers),
+        drain_timeout: config.server.drain_timeout,
+    };
+    let watch = config.server.watch;
+    let source = args.config.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let listener = bind(&args.listen).await?;
-        let addr = listener
-            .local_addr()
-            .context("cannot read the bound address")?;
-        let mode = if tls.is_some() { ", TLS" } else { "" };
-        eprintln!(
-            "pier: listening on {addr} (plugin {}, framing {framing}{mode})",
-            plugin.name
-        );
-        if let Some(tls) = tls {
-            tokio::spawn(reload_certificates_on_sighup(tls));
+        let server = Server::new(runtime.clone(), &server_config)?;
+        let deployer = Deployer::new(runtime, server.clone(), config, source);
+        if let Err(err) = deployer.start().await {
+            server.shutdown().await;
+            return Err(err);
         }
-        server::run(listener, shared, runtime, config, shutdown_signal()).await
+        if let Some(path) = &args.pid_file {
+            std::fs::write(path, format!("{}\n", std::process::id()))
+                .with_context(|| format!("cannot write the pid file {}", path.display()))?;
+        }
+        tokio::spawn(crate::deploy::reload_on_sighup(deployer.clone()));
+        if watch {
+            tokio::spawn(crate::deploy::watch_plugins(deployer.clone()));
+        }
+        shutdown_signal().await;
+        server.shutdown().await;
+        if let Some(path) = &args.pid_file {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
     })
 }
 
-/// Binds with a one-line error for the usual failures.
-async fn bind(listen: &str) -> Result<TcpListener> {
-    let addr: SocketAddr = match listen.parse() {
-        Ok(a) => a,
+/// Resolves a `host:port` listen address.
+async fn resolve(listen: &str) -> Result<SocketAddr> {
+    match listen.parse() {
+        Ok(a) => Ok(a),
         Err(_) => tokio::net::lookup_host(listen)
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| anyhow!("cannot resolve listen address `{listen}`"))?,
-    };
-    TcpListener::bind(addr)
-        .await
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::AddrInUse => anyhow!("address {addr} is already in use"),
-            std::io::ErrorKind::PermissionDenied => {
-                anyhow!("permission denied binding {addr} (ports below 1024 need privileges)")
-            }
-            std::io::ErrorKind::AddrNotAvailable => {
-                anyhow!("address {addr} is not available on this machine")
-            }
-            _ => anyhow!("cannot listen on {addr}: {err}"),
-        })
+            .ok_or_else(|| anyhow!("cannot resolve listen address `{listen}`")),
+    }
 }
 
-/// Re-reads the TLS certificate files on every SIGHUP; a bad new set is refused with one line
-/// and the old one stays in use. Open connections are never affected.
-async fn reload_certificates_on_sighup(tls: Arc<crate::tls::TlsListener>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
+fn reload(args: ReloadArgs) -> Result<()> {
+    let pid = match (args.pid, &args.pid_file) {
+        (Some(pid), _) => pid,
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the pid file {}", file.display()))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a process id", file.display()))?,
+        (None, None) => bail!("give --pid or --pid-file"),
     };
-    while hup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => eprintln!("pier: SIGHUP: TLS certificates reloaded"),
-            Err(err) => eprintln!(
-                "pier: SIGHUP: new TLS certificates refused, keeping the old ones: {err:#}"
-            ),
-        }
+    if pid <= 0 {
+        bail!("{pid} is not a process id");
     }
+    // SAFETY: kill(2) with a positive pid and SIGHUP has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        bail!(
+            "cannot signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    eprintln!("pier: asked process {pid} to reload");
+    Ok(())
 }
 
 fn cert_generate(out: &Path, hosts: &[String], days: u32) -> Result<()> {
@@ -517,12 +540,14 @@ fn send(args: SendArgs) -> Result<()> {
 }
 
 fn check(args: CheckArgs) -> Result<()> {
-    let source = resolve_plugin(&args.plugin)?;
+    let source = PluginRef::parse(&args.plugin, Path::new(""))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: None,
         ..RuntimeConfig::default()
     })?;
-    let plugin = load(&runtime, &source)?;
+    let plugin = runtime
+        .load_plugin(&source.to_string(), &source.read()?)
+        .map_err(|err| anyhow!("plugin {source}: {err}"))?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

@@ -26,12 +26,13 @@ use crate::framing::{FrameDecoder, Framing};
 use crate::hub::{
     ConnectionId, Control, Delivery, Hub, Mailbox, PeerInfo, Tally, TimerId, next_connection_id,
 };
+use crate::listener::ListenerShared;
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
 use crate::runtime::{Fault, PluginInstance};
 use crate::tls::{TlsInfo, TlsListener};
 use crate::transport::Transport;
-use crate::worker::{Job, Shutdown};
+use crate::worker::{Instances, Job};
 
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
 /// answered, a client that keeps streaming cannot hold shutdown up.
@@ -40,11 +41,12 @@ const DRAIN_READ_LIMIT: usize = 1024 * 1024;
 /// Most frames handed to a `batch-handler` in one call (the WIT contract's limit).
 const MAX_BATCH: usize = 1024;
 
-/// Serves one connection until it closes, then tells the plugin.
-pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Shutdown) {
+/// Serves one connection until it closes, then tells the plugin. Returns the listener (tenant)
+/// that served it: the job's, or the one its TLS server name is routed to.
+pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
     let Job {
         stream,
-        permit,
+        admitted,
         listener,
     } = job;
     let id = next_connection_id();
@@ -53,7 +55,8 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".into());
     let span = info_span!("conn", listener = %listener.name, conn = id, peer = %remote);
-    async move {
+    let mut served = listener.clone();
+    async {
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(err) => {
@@ -75,6 +78,14 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
                 None => return,
             },
         };
+        if !listener.routes.is_empty() {
+            served = listener.route(tls.as_ref().and_then(|t| t.server_name.as_deref()));
+            if !Arc::ptr_eq(&served, &listener) {
+                debug!(tenant = %served.name, "routed by TLS server name");
+            }
+        }
+        let listener = served.clone();
+        let instance = instances.get(&listener);
         let peer = PeerInfo {
             id,
             remote_addr: remote,
@@ -101,7 +112,12 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
             write_buf: BytesMut::new(),
             mailbox,
             instance,
-            signals: Signals::new(&shutdown),
+            signals: Signals::new(&listener),
+            idle: listener.limits.idle_timeout.map(|after| Idle {
+                after,
+                last: tokio::time::Instant::now(),
+                timer: None,
+            }),
             closing: None,
             timers: None,
             timer_slots: HashMap::new(),
@@ -137,10 +153,11 @@ pub async fn serve(job: Job, instance: Rc<RefCell<PluginInstance>>, shutdown: Sh
         debug!(reason = ?reason, "closed");
         conn.instance.borrow_mut().on_close(id, reason);
         drop(registration);
-        drop(permit);
+        drop(admitted);
     }
     .instrument(span)
-    .await
+    .await;
+    served
 }
 
 /// Runs the TLS handshake under the listener's timeout; `None` (logged and counted) if it fails.
@@ -187,10 +204,39 @@ struct Signals {
 }
 
 impl Signals {
-    fn new(shutdown: &Shutdown) -> Self {
+    fn new(listener: &ListenerShared) -> Self {
         Signals {
-            drain: Box::pin(shutdown.drain.clone().cancelled_owned()),
-            force: Box::pin(shutdown.force.clone().cancelled_owned()),
+            drain: Box::pin(listener.drain.clone().cancelled_owned()),
+            force: Box::pin(listener.force.clone().cancelled_owned()),
+        }
+    }
+}
+
+/// The idle timeout of a connection. The deadline is not moved on every read (that would
+/// touch the timer wheel per frame): reads only record `last`, and when the timer fires early
+/// it is re-armed for `last + after`.
+struct Idle {
+    after: Duration,
+    last: tokio::time::Instant,
+    /// Boxed and created on first use so connections without the limit pay nothing.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Idle {
+    /// Completes when the connection has been idle for `after`.
+    async fn expired(&mut self) {
+        loop {
+            let deadline = self.last + self.after;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            timer.as_mut().await;
+            if self.last + self.after <= tokio::time::Instant::now() {
+                return;
+            }
         }
     }
 }
@@ -217,6 +263,8 @@ struct Connection {
     /// The shutdown and close signals, as futures made once per connection: creating a
     /// cancellation future registers a waiter under a lock, too costly once per loop turn.
     signals: Signals,
+    /// The idle timeout, when the listener sets one.
+    idle: Option<Idle>,
     /// Set once the connection must end after writing what is owed: the plugin asked
     /// (`plugin-closed`) or the client's request did (HTTP `Connection: close`, `peer-closed`).
     closing: Option<CloseReason>,
@@ -262,8 +310,15 @@ impl Connection {
                     }
                 }
                 Some(delivery) = self.mailbox.next() => {
+                    if self.mailbox.is_evicted() {
+                        return self.evict();
+                    }
                     self.deliver(delivery);
                     self.take_mailbox();
+                }
+                _ = async { if let Some(idle) = self.idle.as_mut() { idle.expired().await } }, if self.idle.is_some() => {
+                    info!("closing: idle for {:?}", self.idle.as_ref().map(|i| i.after).unwrap_or_default());
+                    return CloseReason::IdleTimeout;
                 }
                 read = self.transport.read_some(&mut self.read_buf, self.decoder.read_hint()) => match read {
                     Ok(0) => {
@@ -274,6 +329,9 @@ impl Connection {
                     }
                     Ok(n) => {
                         self.tally.bytes_in += n as u64;
+                        if let Some(idle) = self.idle.as_mut() {
+                            idle.last = tokio::time::Instant::now();
+                        }
                         if let Err(reason) = self.handle_frames(false) {
                             return reason;
                         }
@@ -500,6 +558,10 @@ impl Connection {
         let result = tokio::select! {
             biased;
             _ = &mut self.signals.force => Err(io::Error::other("shutdown deadline passed")),
+            _ = self.mailbox.evicted() => {
+                self.write_buf = BytesMut::new();
+                return Err(self.evict());
+            }
             r = self.transport.write_all(&self.write_buf) => r,
         };
         // Release the buffer: an idle connection should hold none, and a small allocation per
@@ -509,6 +571,14 @@ impl Connection {
             debug!("write failed: {err}");
             CloseReason::IoError
         })
+    }
+
+    /// The slow-consumer policy closes this connection: what it has not read is dropped.
+    fn evict(&mut self) -> Closed {
+        warn!("closing a slow consumer: its write queue is full");
+        self.write_buf = BytesMut::new();
+        while self.mailbox.try_next().is_some() {}
+        CloseReason::SlowConsumer
     }
 
     /// On shutdown, answers what the client already sent (it may still sit in the socket
@@ -536,6 +606,10 @@ impl Connection {
 
     /// Flushes what is owed and closes the socket.
     async fn finish(&mut self) {
+        if self.mailbox.is_evicted() {
+            // Its client does not read: a flush or a TLS close_notify could wait forever.
+            return;
+        }
         self.take_mailbox();
         if self.flush().await.is_ok() {
             let _ = self.transport.shutdown().await;

@@ -315,6 +315,31 @@ pub trait Hub: Send + Sync {
     fn timer_done(&self, id: ConnectionId, timer: TimerId);
 }
 
+/// What happens when a connection's write queue is full (pier.toml `limits.slow_consumer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Refuse the frame (`send` fails with `queue-full`, a broadcast skips the connection); the
+    /// connection stays open.
+    #[default]
+    Drop,
+    /// Close the connection with `slow-consumer`, dropping what it had not read.
+    Close,
+}
+
+impl std::str::FromStr for SlowConsumer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "drop" => Ok(SlowConsumer::Drop),
+            "close" => Ok(SlowConsumer::Close),
+            other => Err(format!(
+                "`{other}` is not a slow-consumer policy (close or drop)"
+            )),
+        }
+    }
+}
+
 /// A connection's inbox: frames, timer requests and the close request, in the order sent.
 ///
 /// A mutex-guarded `VecDeque` plus a `Notify` rather than a tokio channel: an empty deque
@@ -329,6 +354,10 @@ struct Inbox {
     ready: Notify,
     /// Frames in the queue.
     frames: AtomicUsize,
+    /// Set when the slow-consumer policy evicts the connection.
+    evicted: AtomicBool,
+    /// Wakes the task even while it waits for a client to read (in `flush`).
+    evict: Notify,
 }
 
 impl Inbox {
@@ -354,6 +383,22 @@ impl Mailbox {
             }
             self.inbox.ready.notified().await;
         }
+    }
+
+    /// Completes once the slow-consumer policy evicted this connection.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.inbox.evict.notified();
+            if self.inbox.evicted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the slow-consumer policy evicted this connection.
+    pub fn is_evicted(&self) -> bool {
+        self.inbox.evicted.load(Ordering::Acquire)
     }
 
     /// The next delivery if one is waiting.
@@ -391,12 +436,17 @@ impl Entry {
         !self.closing.load(Ordering::Relaxed)
     }
 
-    fn queue(&self, frame: Bytes, limit: usize) -> Result<(), SendError> {
+    fn queue(&self, frame: Bytes, limit: usize, policy: SlowConsumer) -> Result<(), SendError> {
         if !self.is_open() || self.close_requested.load(Ordering::Relaxed) {
             return Err(SendError::Closing);
         }
         if self.inbox.frames.fetch_add(1, Ordering::Relaxed) >= limit {
             self.inbox.frames.fetch_sub(1, Ordering::Relaxed);
+            if policy == SlowConsumer::Close && !self.inbox.evicted.swap(true, Ordering::AcqRel) {
+                self.close_requested.store(true, Ordering::Relaxed);
+                self.inbox.evict.notify_one();
+                self.inbox.ready.notify_one();
+            }
             return Err(SendError::QueueFull);
         }
         self.inbox.push(Delivery::Frame(frame));
@@ -439,6 +489,8 @@ pub struct LocalHub {
     write_queue: usize,
     /// The listener's maximum frame size.
     max_frame: usize,
+    /// What a full write queue does.
+    slow_consumer: SlowConsumer,
     /// Listener-wide traffic.
     totals: Arc<Counters>,
     /// Connections accepted since start.
@@ -450,9 +502,16 @@ pub struct LocalHub {
 }
 
 impl LocalHub {
-    /// An empty registry whose connections each queue at most `write_queue` frames.
+    /// An empty registry whose connections each queue at most `write_queue` frames, beyond
+    /// which frames are dropped.
     pub fn new(write_queue: usize, max_frame: usize) -> Self {
+        Self::with_policy(write_queue, max_frame, SlowConsumer::Drop)
+    }
+
+    /// An empty registry with the given slow-consumer policy.
+    pub fn with_policy(write_queue: usize, max_frame: usize, slow_consumer: SlowConsumer) -> Self {
         LocalHub {
+            slow_consumer,
             entries: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             timer_owners: Mutex::new(HashMap::new()),
@@ -558,7 +617,7 @@ impl Hub for LocalHub {
         }
         let entries = self.read();
         let entry = entries.get(&to).ok_or(SendError::UnknownConnection)?;
-        entry.queue(frame, self.write_queue)
+        entry.queue(frame, self.write_queue, self.slow_consumer)
     }
 
     fn broadcast(&self, frame: Bytes, except: Option<ConnectionId>) -> u32 {
@@ -569,7 +628,11 @@ impl Hub for LocalHub {
         let delivered = entries
             .iter()
             .filter(|(id, _)| Some(**id) != except)
-            .filter(|(_, entry)| entry.queue(frame.clone(), self.write_queue).is_ok())
+            .filter(|(_, entry)| {
+                entry
+                    .queue(frame.clone(), self.write_queue, self.slow_consumer)
+                    .is_ok()
+            })
             .count();
         u32::try_from(delivered).unwrap_or(u32::MAX)
     }
@@ -721,7 +784,11 @@ impl Hub for LocalHub {
             .iter()
             .filter(|id| Some(**id) != except)
             .filter_map(|id| entries.get(id))
-            .filter(|entry| entry.queue(frame.clone(), self.write_queue).is_ok())
+            .filter(|entry| {
+                entry
+                    .queue(frame.clone(), self.write_queue, self.slow_consumer)
+                    .is_ok()
+            })
             .count();
         u32::try_from(delivered).unwrap_or(u32::MAX)
     }

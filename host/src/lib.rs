@@ -6,7 +6,10 @@
 //! # Layout
 //!
 //! - [`cli`]: the `pier` command line (`serve`, `send`, `check`).
-//! - [`server`]: the accept loop — connection permit before `accept`, graceful drain.
+//! - [`config`]: pier.toml — parsing and validating every value before anything binds.
+//! - [`deploy`]: running a config's listeners; reloads (SIGHUP, file watching) and hot swaps.
+//! - [`server`]: the worker pool and the accept loops of any number of listeners, drain.
+//! - [`admission`]: connection limits per listener and per client address.
 //! - [`worker`]: worker threads, each with its own runtime and plugin instances; connections are
 //!   pinned to one worker.
 //! - [`connection`]: one client — read, frame, call the plugin, write replies.
@@ -22,11 +25,14 @@
 //! - [`bench`]: `pier bench` (load generator) and `pier baseline` (the native server it compares
 //!   pier with).
 
+pub mod admission;
 pub mod bench;
 pub mod builtin;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod connection;
+pub mod deploy;
 pub mod framing;
 pub mod hub;
 pub mod listener;

@@ -1,20 +1,77 @@
-//! What a listener serves: its name, framing and limits, plugin and connection registry. The
-//! accept loop lives in [`crate::server`]; this is the shared description every connection task
-//! of the listener reads.
+//! What a listener serves: its name, framing and limits, plugin slot and connection registry.
+//! The accept loop lives in [`crate::server`]; this is the shared description every connection
+//! task of the listener reads.
+//!
+//! A listener is one tenant: its registry, groups and broadcasts reach only its own connections.
+//! TLS listeners may route some SNI names to other plugins; each route is a listener of its own
+//! (own registry, own plugin slot) that shares the parent's socket and limits.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::framing::Framing;
-use crate::hub::{Hub, LocalHub};
-use crate::runtime::LoadedPlugin;
+use crate::hub::{Hub, LocalHub, SlowConsumer};
 use crate::runtime::host::ListenerContext;
+use crate::runtime::{InstanceLimits, LoadedPlugin, PluginConfig, PluginSlot};
 use crate::tls::TlsListener;
 
 /// Defaults for a listener's limits.
 pub const DEFAULT_WRITE_QUEUE: usize = 1024;
 
-/// Everything connections of one listener share. Cheap to clone (`Arc` inside).
+/// Connection-level limits of one listener (pier.toml `[listener.limits]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Most connections open at once; beyond it new clients are accepted and closed at once.
+    pub max_connections: usize,
+    /// Most connections open at once from one client IP address.
+    pub max_connections_per_address: Option<usize>,
+    /// Most new connections per second from one client IP address (a token bucket with a
+    /// burst of one second's worth).
+    pub new_connections_per_second: Option<u32>,
+    /// Close a connection that sent nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Frames other connections may queue for one connection before the slow-consumer policy
+    /// applies.
+    pub write_queue: usize,
+    /// What happens when a connection's write queue is full.
+    pub slow_consumer: SlowConsumer,
+    /// Memory and call deadline of each plugin instance; `None`: the runtime's defaults.
+    pub instance: Option<InstanceLimits>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_address: None,
+            new_connections_per_second: None,
+            idle_timeout: None,
+            write_queue: DEFAULT_WRITE_QUEUE,
+            slow_consumer: SlowConsumer::Drop,
+            instance: None,
+        }
+    }
+}
+
+/// How to build a listener.
+#[derive(Clone, Debug)]
+pub struct ListenerSettings {
+    /// Unique name, on every log line.
+    pub name: String,
+    /// How frames are cut.
+    pub framing: Framing,
+    /// The largest frame a client may send.
+    pub max_frame: usize,
+    /// Connection and instance limits.
+    pub limits: Limits,
+    /// The operator's `plugin_config`.
+    pub plugin_config: PluginConfig,
+}
+
+/// Everything connections of one listener share.
 pub struct ListenerShared {
     /// Process-unique id; workers key their plugin instances by it.
     pub id: u64,
@@ -24,18 +81,29 @@ pub struct ListenerShared {
     pub framing: Framing,
     /// The largest frame a client may send.
     pub max_frame: usize,
-    /// The plugin serving it.
-    pub plugin: Arc<LoadedPlugin>,
+    /// The plugin version serving now; reloads swap it.
+    pub slot: Arc<PluginSlot>,
+    /// Connection and instance limits.
+    pub limits: Limits,
     /// The registry, also reachable from the plugin through `ctx`.
     pub hub: Arc<dyn Hub>,
     /// What plugin instances of this listener are handed.
     pub ctx: Arc<ListenerContext>,
     /// TLS settings, on TLS listeners.
     pub tls: Option<Arc<TlsListener>>,
+    /// SNI names (lower case) routed to other plugins, each its own tenant.
+    pub routes: Vec<(String, Arc<ListenerShared>)>,
+    /// Cancelled to drain this listener's connections (shutdown, or the listener was removed).
+    pub drain: CancellationToken,
+    /// Cancelled when the drain deadline passes.
+    pub force: CancellationToken,
+    /// Set once the listener stopped accepting; workers then free its instances when its last
+    /// connection ends.
+    retired: AtomicBool,
 }
 
 impl ListenerShared {
-    /// Describes a plain-TCP listener with an in-process registry.
+    /// Describes a plain-TCP listener with an in-process registry and default limits.
     pub fn new(
         name: &str,
         framing: Framing,
@@ -46,7 +114,7 @@ impl ListenerShared {
         Self::with_tls(name, framing, max_frame, write_queue, plugin, None)
     }
 
-    /// Describes a listener, with TLS when `tls` is given.
+    /// Describes a listener with default limits, with TLS when `tls` is given.
     pub fn with_tls(
         name: &str,
         framing: Framing,
@@ -55,22 +123,98 @@ impl ListenerShared {
         plugin: Arc<LoadedPlugin>,
         tls: Option<Arc<TlsListener>>,
     ) -> Arc<Self> {
-        let name: Arc<str> = Arc::from(name);
-        let hub: Arc<dyn Hub> = Arc::new(LocalHub::new(write_queue, max_frame));
+        let settings = ListenerSettings {
+            name: name.to_string(),
+            framing,
+            max_frame,
+            limits: Limits {
+                write_queue,
+                ..Limits::default()
+            },
+            plugin_config: PluginConfig::new(),
+        };
+        Self::build(settings, plugin, tls, Vec::new())
+    }
+
+    /// Describes a listener from its settings; `routes` are the SNI-routed tenants.
+    pub fn build(
+        settings: ListenerSettings,
+        plugin: Arc<LoadedPlugin>,
+        tls: Option<Arc<TlsListener>>,
+        routes: Vec<(String, Arc<ListenerShared>)>,
+    ) -> Arc<Self> {
+        let name: Arc<str> = Arc::from(settings.name.as_str());
+        let limits = settings.limits;
+        let hub: Arc<dyn Hub> = Arc::new(LocalHub::with_policy(
+            limits.write_queue,
+            settings.max_frame,
+            limits.slow_consumer,
+        ));
         let ctx = Arc::new(ListenerContext {
             name: name.clone(),
             hub: hub.clone(),
+            faults: Default::default(),
         });
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(ListenerShared {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             name,
-            framing,
-            max_frame,
-            plugin,
+            framing: settings.framing,
+            max_frame: settings.max_frame,
+            slot: Arc::new(PluginSlot::new(plugin, settings.plugin_config)),
+            limits,
             hub,
             ctx,
             tls,
+            routes: routes
+                .into_iter()
+                .map(|(n, l)| (n.to_ascii_lowercase(), l))
+                .collect(),
+            drain: CancellationToken::new(),
+            force: CancellationToken::new(),
+            retired: AtomicBool::new(false),
         })
+    }
+
+    /// The tenant serving a TLS client that asked for `server_name`: a route's listener, or
+    /// this one.
+    pub fn route(self: &Arc<Self>, server_name: Option<&str>) -> Arc<ListenerShared> {
+        server_name
+            .and_then(|name| {
+                self.routes
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, l)| l.clone())
+            })
+            .unwrap_or_else(|| self.clone())
+    }
+
+    /// Marks the listener (and its routes) as no longer accepting.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        for (_, route) in &self.routes {
+            route.retire();
+        }
+    }
+
+    /// Whether the listener stopped accepting.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining this listener's connections (and its routes').
+    pub fn start_drain(&self) {
+        self.drain.cancel();
+        for (_, route) in &self.routes {
+            route.start_drain();
+        }
+    }
+
+    /// Drops whatever this listener's connections still owe.
+    pub fn force_close(&self) {
+        self.force.cancel();
+        for (_, route) in &self.routes {
+            route.force_close();
+        }
     }
 }

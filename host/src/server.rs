@@ -1,31 +1,38 @@
-//! The accept loop and graceful shutdown.
+//! The accept loops, the set of running listeners, and graceful shutdown.
 //!
-//! [`run`] takes an already-bound listener and a shutdown future (mini-redis style), so the
-//! binary, tests and embedders all drive the same code. A connection permit is taken *before*
-//! `accept`, so at the limit new clients wait in the kernel's backlog instead of being accepted
-//! and dropped. Accepted sockets go to the least-loaded worker thread.
+//! A [`Server`] owns the worker threads and any number of listeners (tenants); listeners can be
+//! added and removed while it runs, which is how a config reload adds, removes and restarts
+//! them. [`run`] serves one listener until a shutdown future completes (mini-redis style), for
+//! the simple CLI form, tests and embedders.
+//!
+//! Admission happens right after `accept` ([`crate::admission`]): a client beyond a limit is
+//! closed at once instead of waiting in the backlog. Accepted sockets go to the least-loaded
+//! worker thread.
 //!
 //! Shutdown: stop accepting, tell every connection to drain (answer what its client already
 //! sent, flush, close), wait for them up to the drain deadline, then drop whatever is left.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admission::Admission;
 use crate::listener::ListenerShared;
 use crate::runtime::Runtime;
-use crate::worker::{Job, Shutdown, WorkerPool};
+use crate::worker::{Job, WorkerPool};
 
 /// Server-wide settings (per-listener ones live in [`ListenerShared`]).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Most connections open at once; further clients wait in the accept backlog.
+    /// Connection limit for listeners started by [`run`] (pier.toml sets it per listener).
     pub max_connections: usize,
     /// Worker threads, each with its own plugin instances.
     pub workers: usize,
@@ -43,6 +50,161 @@ impl Default for ServerConfig {
     }
 }
 
+/// A listener that is accepting.
+struct Running {
+    shared: Arc<ListenerShared>,
+    addr: SocketAddr,
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Worker threads plus the listeners feeding them.
+pub struct Server {
+    pool: Arc<WorkerPool>,
+    drain_timeout: Duration,
+    running: Mutex<HashMap<String, Running>>,
+    /// Every listener ever added, so shutdown also drains connections of removed or restarted
+    /// ones that are still open.
+    all: Mutex<Vec<Weak<ListenerShared>>>,
+}
+
+impl Server {
+    /// Starts the worker threads.
+    pub fn new(runtime: Arc<Runtime>, config: &ServerConfig) -> Result<Arc<Self>> {
+        Ok(Arc::new(Server {
+            pool: Arc::new(WorkerPool::start(config.workers, runtime)?),
+            drain_timeout: config.drain_timeout,
+            running: Mutex::new(HashMap::new()),
+            all: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Starts accepting on `listener` for `shared` (on the current tokio runtime).
+    pub fn add(&self, listener: TcpListener, shared: Arc<ListenerShared>) -> Result<SocketAddr> {
+        let limits = shared.limits.clone();
+        self.add_with(listener, shared, &limits)
+    }
+
+    /// [`Server::add`] with admission limits other than the listener's own.
+    fn add_with(
+        &self,
+        listener: TcpListener,
+        shared: Arc<ListenerShared>,
+        limits: &crate::listener::Limits,
+    ) -> Result<SocketAddr> {
+        let addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        let admission = Admission::new(limits);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            self.pool.clone(),
+            admission.clone(),
+            stop.clone(),
+        ));
+        let mut all = lock(&self.all);
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&shared));
+        let previous = lock(&self.running).insert(
+            shared.name.to_string(),
+            Running {
+                shared,
+                addr,
+                admission,
+                stop,
+                task,
+            },
+        );
+        if let Some(previous) = previous {
+            previous.stop.cancel();
+        }
+        Ok(addr)
+    }
+
+    /// The listeners accepting now, with their bound addresses.
+    pub fn listeners(&self) -> Vec<(Arc<ListenerShared>, SocketAddr)> {
+        let mut list: Vec<_> = lock(&self.running)
+            .values()
+            .map(|r| (r.shared.clone(), r.addr))
+            .collect();
+        list.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        list
+    }
+
+    /// The listener named `name`, if it is accepting.
+    pub fn listener(&self, name: &str) -> Option<Arc<ListenerShared>> {
+        lock(&self.running).get(name).map(|r| r.shared.clone())
+    }
+
+    /// Clients refused by admission limits on listener `name`.
+    pub fn refused(&self, name: &str) -> Option<u64> {
+        lock(&self.running).get(name).map(|r| r.admission.refused())
+    }
+
+    /// Stops accepting on listener `name` and waits until its socket is closed. With `drain`
+    /// its open connections are drained (answered, flushed, closed; dropped after the drain
+    /// deadline); without, they carry on until their clients leave.
+    pub async fn remove(&self, name: &str, drain: bool) -> Option<Arc<ListenerShared>> {
+        let running = lock(&self.running).remove(name)?;
+        running.stop.cancel();
+        if let Err(err) = running.task.await {
+            error!(listener = name, "accept loop ended badly: {err}");
+        }
+        running.shared.retire();
+        if drain {
+            running.shared.start_drain();
+            let shared = running.shared.clone();
+            let deadline = self.drain_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(deadline).await;
+                shared.force_close();
+            });
+        }
+        Some(running.shared)
+    }
+
+    /// Stops every listener, drains every connection (up to the drain deadline) and stops the
+    /// workers.
+    pub async fn shutdown(&self) {
+        let running: Vec<Running> = lock(&self.running).drain().map(|(_, r)| r).collect();
+        for r in &running {
+            r.stop.cancel();
+        }
+        for r in running {
+            let _ = r.task.await;
+            r.shared.retire();
+        }
+        info!(
+            "shutting down: draining open connections (up to {:?})",
+            self.drain_timeout
+        );
+        let all: Vec<Arc<ListenerShared>> =
+            lock(&self.all).iter().filter_map(Weak::upgrade).collect();
+        for shared in &all {
+            shared.start_drain();
+        }
+        let pool = self.pool.clone();
+        let joined = tokio::task::spawn_blocking(move || pool.join());
+        tokio::pin!(joined);
+        if tokio::time::timeout(self.drain_timeout, &mut joined)
+            .await
+            .is_err()
+        {
+            warn!("drain deadline passed; dropping the remaining connections");
+            for shared in &all {
+                shared.force_close();
+            }
+            if let Err(err) = joined.await {
+                error!("worker shutdown failed: {err}");
+            }
+        }
+        info!("shut down");
+    }
+}
+
 /// Serves `listener` until `shutdown` completes, then drains.
 pub async fn run(
     listener: TcpListener,
@@ -51,33 +213,45 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let signals = Shutdown {
-        drain: CancellationToken::new(),
-        force: CancellationToken::new(),
+    let server = Server::new(runtime, &config)?;
+    // The one-listener form takes its connection limit from `config`.
+    let limits = crate::listener::Limits {
+        max_connections: config.max_connections,
+        ..shared.limits.clone()
     };
-    let pool = WorkerPool::start(config.workers, runtime, signals.clone())?;
-    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    tokio::pin!(shutdown);
+    server.add_with(listener, shared, &limits)?;
+    shutdown.await;
+    server.shutdown().await;
+    Ok(())
+}
 
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    pool: Arc<WorkerPool>,
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+) {
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // Usually fd exhaustion (EMFILE/ENFILE): back off instead of spinning, and
                 // keep serving the connections already open.
-                warn!("accept failed: {err}");
+                warn!(listener = %shared.name, "accept failed: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(_) => {
+                // A clean close: the client reads end-of-stream at once instead of hanging.
+                drop(stream);
                 continue;
             }
         };
@@ -87,31 +261,16 @@ pub async fn run(
         match stream.into_std() {
             Ok(stream) => pool.dispatch(Job {
                 stream,
-                permit,
+                admitted,
                 listener: shared.clone(),
             }),
             Err(err) => warn!("cannot hand a connection to a worker: {err}"),
         }
     }
+}
 
-    drop(listener);
-    info!(
-        "shutting down: draining open connections (up to {:?})",
-        config.drain_timeout
-    );
-    signals.drain.cancel();
-    let joined = tokio::task::spawn_blocking(move || pool.join());
-    tokio::pin!(joined);
-    if tokio::time::timeout(config.drain_timeout, &mut joined)
-        .await
-        .is_err()
-    {
-        warn!("drain deadline passed; dropping the remaining connections");
-        signals.force.cancel();
-        if let Err(err) = joined.await {
-            error!("worker shutdown failed: {err}");
-        }
-    }
-    info!("shut down");
-    Ok(())
+/// Locks a mutex, carrying on if a panic elsewhere poisoned it (every critical section here
+/// leaves the data consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

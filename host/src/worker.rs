@@ -8,15 +8,16 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use anyhow::{Context, Result};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admitted;
 use crate::connection;
 use crate::listener::ListenerShared;
 use crate::runtime::{PluginInstance, Runtime};
@@ -25,36 +26,73 @@ use crate::runtime::{PluginInstance, Runtime};
 pub struct Job {
     /// The socket, detached from the accepting runtime (it is re-registered on the worker's).
     pub stream: std::net::TcpStream,
-    /// The connection-limit permit taken before `accept`; released when the connection ends.
-    pub permit: OwnedSemaphorePermit,
+    /// The connection's place under the listener's limits; released when the connection ends.
+    pub admitted: Admitted,
     /// What the listener serves.
     pub listener: Arc<ListenerShared>,
 }
 
-/// Tokens every connection watches during shutdown.
-#[derive(Clone)]
-pub struct Shutdown {
-    /// Cancelled to start draining: stop reading new frames, answer what arrived, flush, close.
-    pub drain: CancellationToken,
-    /// Cancelled when the drain deadline passes: drop whatever is left at once.
-    pub force: CancellationToken,
+/// One worker's plugin instances, one per listener (tenant) it has served.
+pub struct Instances {
+    runtime: Arc<Runtime>,
+    map: RefCell<HashMap<u64, Rc<RefCell<PluginInstance>>>>,
+}
+
+impl Instances {
+    /// This worker's instance for `listener`, created on first use.
+    pub fn get(&self, listener: &ListenerShared) -> Rc<RefCell<PluginInstance>> {
+        self.map
+            .borrow_mut()
+            .entry(listener.id)
+            .or_insert_with(|| {
+                let limits = listener
+                    .limits
+                    .instance
+                    .unwrap_or_else(|| self.runtime.default_limits());
+                Rc::new(RefCell::new(PluginInstance::new(
+                    self.runtime.clone(),
+                    listener.slot.clone(),
+                    listener.ctx.clone(),
+                    limits,
+                )))
+            })
+            .clone()
+    }
+
+    /// Frees the instance of a listener that stopped accepting once no connection uses it, so
+    /// removed tenants do not hold pool slots.
+    pub fn release_if_unused(&self, listener: &ListenerShared) {
+        if !listener.is_retired() {
+            return;
+        }
+        let mut map = self.map.borrow_mut();
+        if map
+            .get(&listener.id)
+            .is_some_and(|i| Rc::strong_count(i) == 1)
+        {
+            map.remove(&listener.id);
+        }
+    }
 }
 
 struct Worker {
     jobs: mpsc::UnboundedSender<Job>,
     /// Open connections on this worker, for least-loaded dispatch.
     load: Arc<AtomicUsize>,
-    thread: JoinHandle<()>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The set of worker threads.
 pub struct WorkerPool {
     workers: Vec<Worker>,
+    /// Cancelled to make the workers stop taking jobs and finish.
+    closed: CancellationToken,
 }
 
 impl WorkerPool {
     /// Starts `count` workers (at least one).
-    pub fn start(count: usize, runtime: Arc<Runtime>, shutdown: Shutdown) -> Result<Self> {
+    pub fn start(count: usize, runtime: Arc<Runtime>) -> Result<Self> {
+        let closed = CancellationToken::new();
         let mut workers = Vec::new();
         for index in 0..count.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -62,19 +100,19 @@ impl WorkerPool {
             let thread = {
                 let load = load.clone();
                 let runtime = runtime.clone();
-                let shutdown = shutdown.clone();
+                let closed = closed.clone();
                 thread::Builder::new()
                     .name(format!("pier-worker-{index}"))
-                    .spawn(move || worker_main(index, rx, load, runtime, shutdown))
+                    .spawn(move || worker_main(index, rx, load, runtime, closed))
                     .context("cannot start a worker thread")?
             };
             workers.push(Worker {
                 jobs: tx,
                 load,
-                thread,
+                thread: Mutex::new(Some(thread)),
             });
         }
-        Ok(WorkerPool { workers })
+        Ok(WorkerPool { workers, closed })
     }
 
     /// Hands a connection to the worker with the fewest open connections.
@@ -94,17 +132,17 @@ impl WorkerPool {
     }
 
     /// Stops handing out work and waits for every worker to finish its connections.
-    pub fn join(self) {
-        let threads: Vec<JoinHandle<()>> = self
-            .workers
-            .into_iter()
-            .map(|w| {
-                drop(w.jobs);
-                w.thread
-            })
-            .collect();
-        for thread in threads {
-            if thread.join().is_err() {
+    pub fn join(&self) {
+        self.closed.cancel();
+        for worker in &self.workers {
+            let thread = worker
+                .thread
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(thread) = thread
+                && thread.join().is_err()
+            {
                 tracing::error!("a worker thread panicked");
             }
         }
@@ -125,7 +163,7 @@ fn worker_main(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     load: Arc<AtomicUsize>,
     runtime: Arc<Runtime>,
-    shutdown: Shutdown,
+    closed: CancellationToken,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -140,26 +178,29 @@ fn worker_main(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let tracker = TaskTracker::new();
-        // One instance per listener on this worker.
-        let mut instances: HashMap<u64, Rc<RefCell<PluginInstance>>> = HashMap::new();
-        while let Some(job) = jobs.recv().await {
-            let key = job.listener.id;
-            let instance = instances
-                .entry(key)
-                .or_insert_with(|| {
-                    Rc::new(RefCell::new(PluginInstance::new(
-                        runtime.clone(),
-                        job.listener.plugin.clone(),
-                        job.listener.ctx.clone(),
-                    )))
-                })
-                .clone();
+        let instances = Rc::new(Instances {
+            runtime,
+            map: RefCell::new(HashMap::new()),
+        });
+        loop {
+            let job = tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                _ = closed.cancelled() => break,
+            };
             let load = load.clone();
-            let shutdown = shutdown.clone();
+            let instances = instances.clone();
             tracker.spawn_local(async move {
                 // Decrements even if the task unwinds (tokio contains a task's panic).
                 let _load = LoadGuard(load);
-                connection::serve(job, instance, shutdown).await;
+                let listener = job.listener.clone();
+                let served = connection::serve(job, &instances).await;
+                instances.release_if_unused(&listener);
+                if !Arc::ptr_eq(&served, &listener) {
+                    instances.release_if_unused(&served);
+                }
             });
         }
         tracker.close();

@@ -153,6 +153,11 @@ impl Client {
             .expect("connect in time")
             .expect("connect");
         stream.set_nodelay(true).expect("nodelay");
+        Self::from_stream(stream, framing)
+    }
+
+    /// Wraps a connected stream.
+    pub fn from_stream(stream: TcpStream, framing: Framing) -> Client {
         Client {
             stream,
             framing,
@@ -220,4 +225,103 @@ pub fn echoed(frame: &[u8]) -> Vec<u8> {
     let mut v = b"Echo: ".to_vec();
     v.extend_from_slice(frame);
     v
+}
+
+/// A test plugin's component file, as the build wrote it.
+pub fn guest_file(name: &str) -> std::path::PathBuf {
+    let path = pier::builtin::guest_path(name);
+    assert!(path.exists(), "the build produced {}", path.display());
+    path
+}
+
+/// A fresh, empty folder for one test's files.
+pub fn scratch_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("scratch")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch folder");
+    dir
+}
+
+/// pier serving a pier.toml inside the test process, through the same [`Deployer`] the binary
+/// uses, so reloads can be driven and awaited directly.
+///
+/// [`Deployer`]: pier::deploy::Deployer
+pub struct Deployed {
+    /// Applies config and plugin changes.
+    pub deployer: Arc<pier::deploy::Deployer>,
+    /// Where pier.toml lives; relative plugin paths resolve against it.
+    pub dir: std::path::PathBuf,
+}
+
+impl Deployed {
+    /// Writes `toml` to `dir/pier.toml` and starts every listener in it (on 2 workers unless
+    /// `[server] workers` says otherwise).
+    pub async fn start(dir: &std::path::Path, toml: &str) -> Deployed {
+        let path = dir.join("pier.toml");
+        std::fs::write(&path, toml).expect("write pier.toml");
+        let config = pier::config::Config::load(&path).expect("valid pier.toml");
+        // Like `pier serve --config`: the instance pool's slots fit the largest memory limit.
+        let runtime = Runtime::new(RuntimeConfig {
+            memory_limit: config.largest_memory(),
+            call_deadline: Duration::from_millis(300),
+            cache_dir: Some(
+                std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pier-cache"),
+            ),
+            max_instances: 64,
+            recycle_after: None,
+        })
+        .expect("runtime");
+        let server = pier::server::Server::new(
+            runtime.clone(),
+            &ServerConfig {
+                max_connections: 10_000,
+                workers: config.server.workers.unwrap_or(2),
+                drain_timeout: Duration::from_secs(5),
+            },
+        )
+        .expect("workers start");
+        let deployer = pier::deploy::Deployer::new(runtime, server, config, Some(path));
+        deployer.start().await.expect("listeners start");
+        Deployed {
+            deployer,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The address listener `name` is bound to.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.deployer
+            .server()
+            .listeners()
+            .into_iter()
+            .find(|(l, _)| &*l.name == name)
+            .map(|(_, addr)| addr)
+            .unwrap_or_else(|| panic!("no listener named {name}"))
+    }
+
+    /// A client of listener `name`, using its framing.
+    pub async fn client(&self, name: &str) -> Client {
+        let framing = self
+            .deployer
+            .server()
+            .listener(name)
+            .map(|l| l.framing)
+            .unwrap_or_else(|| panic!("no listener named {name}"));
+        Client::connect(self.addr(name), framing).await
+    }
+
+    /// Rewrites pier.toml and reloads it, as SIGHUP would.
+    pub async fn reload_config(&self, toml: &str) -> pier::deploy::ReloadReport {
+        std::fs::write(self.dir.join("pier.toml"), toml).expect("write pier.toml");
+        self.deployer.reload().await.expect("reload accepted")
+    }
+
+    /// Drains and stops every listener.
+    pub async fn stop(self) {
+        tokio::time::timeout(WAIT, self.deployer.server().shutdown())
+            .await
+            .expect("server stops in time");
+    }
 }

@@ -4,7 +4,11 @@
 //! - `trap`: executes `unreachable`, a guest trap;
 //! - `loop`: spins forever, until the host's call deadline interrupts it;
 //! - `oom`: grows memory without bound, until the host's memory limit refuses it;
-//! - `panic`: a Rust panic (which, without WASI stderr, also ends in a trap).
+//! - `panic`: a Rust panic (which, without WASI stderr, also ends in a trap);
+//! - `flood`: queues frames for its own connection without end, until the deadline stops it;
+//! - `read PATH`: tries to read a file through WASI and replies with what it got;
+//! - `env NAME`: tries to read an environment variable through WASI;
+//! - `print TEXT`: writes TEXT to stdout and replies `printed`.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -21,8 +25,29 @@ impl Guest for Faulty {
         Ok(None)
     }
 
-    fn on_frame(_id: ConnectionId, frame: Vec<u8>) -> Option<Vec<u8>> {
+    fn on_frame(id: ConnectionId, frame: Vec<u8>) -> Option<Vec<u8>> {
+        let text = String::from_utf8_lossy(&frame);
+        if let Some(path) = text.strip_prefix("read ") {
+            return Some(match std::fs::read_to_string(path) {
+                Ok(contents) => format!("read {} bytes", contents.len()).into_bytes(),
+                Err(err) => format!("read failed: {err}").into_bytes(),
+            });
+        }
+        if let Some(name) = text.strip_prefix("env ") {
+            return Some(match std::env::var(name) {
+                Ok(value) => format!("env {name}={value}").into_bytes(),
+                Err(err) => format!("env failed: {err}").into_bytes(),
+            });
+        }
+        if let Some(line) = text.strip_prefix("print ") {
+            println!("{line}");
+            return Some(b"printed".to_vec());
+        }
         match frame.as_slice() {
+            b"flood" => loop {
+                // Ignores queue-full on purpose: only the deadline stops a guest that floods.
+                let _ = pier::plugin::connections::send(id, &[b'x'; 1024]);
+            },
             b"trap" => core::arch::wasm32::unreachable(),
             b"loop" => {
                 pier::plugin::log::log(Level::Warn, "entering an endless loop");

@@ -9,9 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::bindings::pier::plugin::{
-    attributes, clock, connections, groups, log, stats, timers, types,
+    attributes, clock, config, connections, groups, log, stats, timers, types,
 };
 use super::bindings::{Level, Peer, SendError, TlsPeer};
+use super::slot::PluginConfig;
 use crate::hub::{self, ConnectionId, Hub, PeerInfo};
 use std::time::Duration;
 
@@ -24,6 +25,17 @@ pub struct ListenerContext {
     pub name: Arc<str>,
     /// The listener's connections.
     pub hub: Arc<dyn Hub>,
+    /// Faults of the listener's plugin, by kind.
+    pub faults: super::instance::FaultCounts,
+}
+
+/// Per-listener sandbox limits for each plugin instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceLimits {
+    /// Largest linear memory an instance may grow to (at most the runtime's pool limit).
+    pub memory: usize,
+    /// Longest one guest call may run.
+    pub call_deadline: Duration,
 }
 
 /// The data of one instance's `Store`.
@@ -39,6 +51,11 @@ pub struct HostState {
     pub(crate) limiter: MemoryLimiter,
     /// Whether the plugin exports `timer-handler`; without it `timers.start` fails.
     pub(crate) has_timer_handler: bool,
+    /// The operator's `plugin_config` for this version.
+    pub(crate) config: Arc<PluginConfig>,
+    /// Frames refused with `queue-full` during the running call: a call that overruns its
+    /// deadline after the host started refusing its sends was flooding, not computing.
+    pub(crate) refused_sends: u64,
 }
 
 impl HostState {
@@ -48,6 +65,7 @@ impl HostState {
         plugin: Arc<str>,
         memory_limit: usize,
         has_timer_handler: bool,
+        config: Arc<PluginConfig>,
     ) -> Self {
         HostState {
             ctx,
@@ -58,6 +76,8 @@ impl HostState {
                 hit: false,
             },
             has_timer_handler,
+            config,
+            refused_sends: 0,
         }
     }
 }
@@ -139,10 +159,11 @@ impl types::Host for HostState {}
 
 impl connections::Host for HostState {
     fn send(&mut self, to: ConnectionId, frame: Vec<u8>) -> Result<(), SendError> {
-        self.ctx
-            .hub
-            .send(to, Bytes::from(frame))
-            .map_err(send_error)
+        let sent = self.ctx.hub.send(to, Bytes::from(frame));
+        if sent == Err(hub::SendError::QueueFull) {
+            self.refused_sends += 1;
+        }
+        sent.map_err(send_error)
     }
 
     fn broadcast(&mut self, frame: Vec<u8>, except: Option<ConnectionId>) -> u32 {
@@ -309,6 +330,19 @@ impl timers::Host for HostState {
 
     fn cancel(&mut self, timer: timers::TimerId) -> bool {
         self.ctx.hub.cancel_timer(timer)
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn all(&mut self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 

@@ -5,15 +5,20 @@
 //! be inconsistent after a trap — and the next call instantiates a fresh one from the plugin's
 //! `InstancePre`. Only the caller whose call faulted learns of it; other connections on the
 //! worker simply get the new instance on their next frame.
+//!
+//! Reloads work the same way: before each call the instance checks its listener's
+//! [`PluginSlot`]; when a new version was published it snapshots the old instance (if the plugin
+//! exports `state-handler`), drops it, and instantiates the new version, restoring the snapshot.
 
 use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::Runtime;
 use super::bindings::{CloseReason, Peer, Plugin, Refusal};
-use super::host::{HostState, ListenerContext};
-use super::plugin::{LoadedPlugin, OnFrames, OnTimer};
+use super::host::{HostState, InstanceLimits, ListenerContext};
+use super::plugin::{LoadedPlugin, OnFrames, OnTimer, Restore, Snapshot};
+use super::slot::{Deployment, PluginSlot};
+use super::{Runtime, deadline_ticks};
 use crate::hub::ConnectionId;
 use wasmtime::component::Func;
 
@@ -21,11 +26,14 @@ use wasmtime::component::Func;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
     /// The guest trapped (unreachable, out-of-bounds access, a panic, ...).
-    Trap,
+    Trap = 0,
     /// The call ran past the call deadline.
     Deadline,
     /// The guest tried to grow memory past its limit.
     Memory,
+    /// The call ran past its deadline while the host was refusing its `send`s (queue full):
+    /// a guest flooding a connection.
+    SendFlood,
     /// No instance could be created (instantiation itself trapped or the pool is exhausted).
     Instantiate,
 }
@@ -37,8 +45,43 @@ impl FaultKind {
             FaultKind::Trap => "trap",
             FaultKind::Deadline => "deadline",
             FaultKind::Memory => "memory",
+            FaultKind::SendFlood => "send-flood",
             FaultKind::Instantiate => "instantiate",
         }
+    }
+}
+
+impl FaultKind {
+    /// Every kind, in the order [`FaultCounts`] keeps them.
+    pub const ALL: [FaultKind; 5] = [
+        FaultKind::Trap,
+        FaultKind::Deadline,
+        FaultKind::Memory,
+        FaultKind::SendFlood,
+        FaultKind::Instantiate,
+    ];
+}
+
+/// Faults of one listener's plugin since the listener started, by kind, over every worker.
+#[derive(Debug, Default)]
+pub struct FaultCounts([std::sync::atomic::AtomicU64; 5]);
+
+impl FaultCounts {
+    /// Counts one fault; returns the listener's total so far.
+    pub fn record(&self, kind: FaultKind) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.total()
+    }
+
+    /// Faults of `kind` so far.
+    pub fn of(&self, kind: FaultKind) -> u64 {
+        self.0[kind as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Faults of every kind so far.
+    pub fn total(&self) -> u64 {
+        FaultKind::ALL.iter().map(|&k| self.of(k)).sum()
     }
 }
 
@@ -68,16 +111,22 @@ pub struct Extras {
     /// `batch-handler.on-frames`, type-checked at load; typed per call because its parameter
     /// type borrows the frames.
     on_frames: Option<Func>,
+    /// `state-handler.snapshot` and `.restore` (typed per call, like `on_frames`).
+    state: Option<(Snapshot, Func)>,
 }
 
-/// The instance of one plugin on one worker thread.
+/// The instance of one listener's plugin on one worker thread.
 pub struct PluginInstance {
     /// The plugin version this instance runs.
-    plugin: Arc<LoadedPlugin>,
+    deployment: Arc<Deployment>,
+    /// Where reloads publish new versions.
+    slot: Arc<PluginSlot>,
     /// The listener it serves.
     ctx: Arc<ListenerContext>,
-    /// The runtime, for limits and the engine.
+    /// The runtime, for the engine.
     runtime: Arc<Runtime>,
+    /// The listener's memory cap and call deadline.
+    limits: InstanceLimits,
     /// `"name@version"`, on every log line.
     label: Arc<str>,
     /// The current store and bindings; `None` after a fault until the next call.
@@ -89,22 +138,87 @@ pub struct PluginInstance {
 }
 
 impl PluginInstance {
-    /// Prepares an instance; the store itself is created on first use.
+    /// Prepares an instance of whatever version `slot` serves; the store itself is created on
+    /// first use.
     pub fn new(
         runtime: Arc<Runtime>,
-        plugin: Arc<LoadedPlugin>,
+        slot: Arc<PluginSlot>,
         ctx: Arc<ListenerContext>,
+        limits: InstanceLimits,
     ) -> Self {
-        let label = Arc::from(format!("{}@{}", plugin.name, plugin.version));
+        let deployment = slot.current();
         PluginInstance {
-            plugin,
+            label: label(&deployment.plugin),
+            deployment,
+            slot,
             ctx,
             runtime,
-            label,
+            limits,
             live: None,
             faults: 0,
             calls: 0,
         }
+    }
+
+    /// A fixed plugin with the runtime's default limits, for embedders and tests that never
+    /// reload.
+    pub fn fixed(
+        runtime: Arc<Runtime>,
+        plugin: Arc<LoadedPlugin>,
+        ctx: Arc<ListenerContext>,
+    ) -> Self {
+        let limits = runtime.default_limits();
+        let slot = Arc::new(PluginSlot::new(plugin, Default::default()));
+        Self::new(runtime, slot, ctx, limits)
+    }
+
+    /// The plugin version this instance runs.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.deployment.plugin
+    }
+
+    /// Moves to the version the slot serves if a reload published a newer one, carrying the
+    /// guest's state across when both versions export `state-handler`.
+    fn follow_reload(&mut self) {
+        if self.slot.generation() == self.deployment.generation {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let next = self.slot.current();
+        let snapshot = match self.live.as_mut() {
+            Some(live) => take_snapshot(live, &self.label, self.limits.call_deadline),
+            None => None,
+        };
+        let from = std::mem::replace(&mut self.label, label(&next.plugin));
+        self.live = None;
+        self.calls = 0;
+        self.deployment = next;
+        let state_bytes = snapshot.as_ref().map(Vec::len);
+        let mut restored = false;
+        if let Some(state) = snapshot {
+            if self.deployment.plugin.optional.state.is_none() {
+                tracing::warn!(plugin = %self.label, "the new version does not export state-handler; guest state dropped");
+            } else {
+                let label = self.label.clone();
+                let deadline = self.limits.call_deadline;
+                if let Ok(live) = self.live() {
+                    restored = restore_snapshot(live, &label, deadline, &state);
+                    if !restored {
+                        // A failed restore may leave guest memory half-written: start clean.
+                        self.live = None;
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            listener = %self.ctx.name,
+            from = %from,
+            to = %self.label,
+            state_bytes,
+            restored,
+            switched_in = ?started.elapsed(),
+            "worker moved to the new plugin version"
+        );
     }
 
     /// `name@version` of the plugin.
@@ -119,17 +233,20 @@ impl PluginInstance {
 
     fn live(&mut self) -> Result<&mut Live, Fault> {
         if self.live.is_none() {
+            let plugin = &self.deployment.plugin;
             let data = HostState::new(
                 self.ctx.clone(),
                 self.label.clone(),
-                self.runtime.config().memory_limit,
-                self.plugin.optional.on_timer.is_some(),
+                self.limits.memory,
+                plugin.optional.on_timer.is_some(),
+                self.deployment.config.clone(),
             );
             let mut store = Store::new(self.runtime.engine(), data);
             store.limiter(|state| &mut state.limiter);
-            store.set_epoch_deadline(self.runtime.deadline_ticks());
-            let created = instantiate(&self.plugin, &mut store).map_err(|err| {
+            store.set_epoch_deadline(deadline_ticks(self.limits.call_deadline));
+            let created = instantiate(plugin, &mut store).map_err(|err| {
                 self.faults += 1;
+                self.ctx.faults.record(FaultKind::Instantiate);
                 let fault = Fault::new(FaultKind::Instantiate, &err);
                 tracing::error!(plugin = %self.label, "cannot instantiate the plugin: {}", fault.detail);
                 fault
@@ -156,9 +273,11 @@ impl PluginInstance {
         id: ConnectionId,
         f: impl FnOnce(&Plugin, &Extras, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
-        let ticks = self.runtime.deadline_ticks();
+        self.follow_reload();
+        let ticks = deadline_ticks(self.limits.call_deadline);
         let live = self.live()?;
         live.store.data_mut().current = Some(id);
+        live.store.data_mut().refused_sends = 0;
         live.store.set_epoch_deadline(ticks);
         let result = f(&live.bindings, &live.extras, &mut live.store);
         match result {
@@ -183,7 +302,11 @@ impl PluginInstance {
                     err.downcast_ref::<wasmtime::Trap>(),
                     Some(wasmtime::Trap::Interrupt)
                 ) {
-                    FaultKind::Deadline
+                    if live.store.data().refused_sends > 0 {
+                        FaultKind::SendFlood
+                    } else {
+                        FaultKind::Deadline
+                    }
                 } else {
                     FaultKind::Trap
                 };
@@ -191,11 +314,13 @@ impl PluginInstance {
                 self.calls = 0;
                 self.faults += 1;
                 let fault = Fault::new(kind, &err);
+                let total = self.ctx.faults.record(kind);
                 tracing::error!(
+                    listener = %self.ctx.name,
                     plugin = %self.label,
                     conn = id,
                     fault = kind.name(),
-                    faults = self.faults,
+                    faults = total,
                     "plugin fault ({}: {}); instance replaced, closing only this connection",
                     kind.name(),
                     fault.cause
@@ -238,7 +363,7 @@ impl PluginInstance {
 
     /// Whether the plugin takes batches (`batch-handler`).
     pub fn takes_batches(&self) -> bool {
-        self.plugin.optional.on_frames.is_some()
+        self.deployment.plugin.optional.on_frames.is_some()
     }
 
     /// Calls `batch-handler.on-frames` with frames laid out back to back in `data` with their
@@ -278,7 +403,54 @@ fn instantiate(
     if let Some(index) = &plugin.optional.on_frames {
         extras.on_frames = instance.get_func(&mut *store, index);
     }
+    if let Some((snapshot, restore)) = &plugin.optional.state {
+        let snapshot = instance.get_typed_func(&mut *store, snapshot)?;
+        if let Some(restore) = instance.get_func(&mut *store, restore) {
+            extras.state = Some((snapshot, restore));
+        }
+    }
     Ok((bindings, extras))
+}
+
+/// `name@version`, on every log line about an instance.
+fn label(plugin: &LoadedPlugin) -> Arc<str> {
+    Arc::from(format!("{}@{}", plugin.name, plugin.version))
+}
+
+/// Asks the outgoing version for its state; `None` if it keeps none or the call fails (logged).
+fn take_snapshot(live: &mut Live, label: &str, deadline: std::time::Duration) -> Option<Vec<u8>> {
+    let (snapshot, _) = live.extras.state.as_ref()?;
+    live.store.set_epoch_deadline(deadline_ticks(deadline));
+    match snapshot.call(&mut live.store, ()) {
+        Ok((state,)) => Some(state),
+        Err(err) => {
+            tracing::error!(plugin = %label, "state-handler.snapshot failed; the new version starts empty: {}", one_line(&err));
+            None
+        }
+    }
+}
+
+/// Hands the previous version's state to a fresh instance of the new one.
+fn restore_snapshot(
+    live: &mut Live,
+    label: &str,
+    deadline: std::time::Duration,
+    state: &[u8],
+) -> bool {
+    let Some((_, restore)) = live.extras.state.as_ref() else {
+        return true;
+    };
+    // SAFETY: the signature was checked with `get_typed_func` when the plugin was loaded
+    // (`Runtime::trial_instantiate`), and this function comes from an instance of it.
+    let typed: Restore<'_> = unsafe { Restore::new_unchecked(*restore) };
+    live.store.set_epoch_deadline(deadline_ticks(deadline));
+    match typed.call(&mut live.store, (state,)) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(plugin = %label, "state-handler.restore failed; the new version starts empty: {}", one_line(&err));
+            false
+        }
+    }
 }
 
 impl Fault {

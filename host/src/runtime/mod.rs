@@ -16,6 +16,7 @@ pub mod cache;
 pub mod host;
 pub mod instance;
 pub mod plugin;
+pub mod slot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,8 +31,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use self::cache::ArtifactCache;
 use self::host::HostState;
 
-pub use self::instance::{Fault, FaultKind, PluginInstance};
+pub use self::host::InstanceLimits;
+pub use self::instance::{Fault, FaultCounts, FaultKind, PluginInstance};
 pub use self::plugin::{LoadError, LoadedPlugin};
+pub use self::slot::{Deployment, PluginConfig, PluginSlot};
 
 /// How often the epoch advances; call deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -117,17 +120,28 @@ impl Runtime {
         &self.config
     }
 
-    /// How many epoch ticks a call may run: the deadline rounded up, plus one because the
-    /// current tick may be about to end.
+    /// How many epoch ticks a call may run under the runtime's default deadline.
     pub fn deadline_ticks(&self) -> u64 {
-        let ticks = self
-            .config
-            .call_deadline
-            .as_micros()
-            .div_ceil(EPOCH_TICK.as_micros());
-        u64::try_from(ticks).unwrap_or(u64::MAX / 2).max(1) + 1
+        deadline_ticks(self.config.call_deadline)
+    }
+
+    /// The limits a listener gets when it sets none of its own.
+    pub fn default_limits(&self) -> InstanceLimits {
+        InstanceLimits {
+            memory: self.config.memory_limit,
+            call_deadline: self.config.call_deadline,
+        }
     }
 }
+
+/// How many epoch ticks a call may run: the deadline rounded up, plus one because the current
+/// tick may be about to end.
+pub fn deadline_ticks(deadline: Duration) -> u64 {
+    let ticks = deadline.as_micros().div_ceil(EPOCH_TICK.as_micros());
+    u64::try_from(ticks).unwrap_or(u64::MAX / 2).max(1) + 1
+}
+
+impl Runtime {}
 
 impl Drop for Runtime {
     fn drop(&mut self) {

@@ -26,6 +26,15 @@ const TIMER_EXPORT: &str = "pier:plugin/timer-handler@0.1.0";
 /// The optional export of plugins that take batches of frames.
 const BATCH_EXPORT: &str = "pier:plugin/batch-handler@0.1.0";
 
+/// The optional export of plugins that carry state across a reload.
+const STATE_EXPORT: &str = "pier:plugin/state-handler@0.1.0";
+
+/// The type of `state-handler.snapshot`.
+pub type Snapshot = wasmtime::component::TypedFunc<(), (Vec<u8>,)>;
+
+/// The type of `state-handler.restore` (for any lifetime of the state).
+pub type Restore<'a> = wasmtime::component::TypedFunc<(&'a [u8],), ()>;
+
 /// The type of `timer-handler.on-timer`.
 pub type OnTimer = wasmtime::component::TypedFunc<(u64, u64), (Option<Vec<u8>>,)>;
 
@@ -40,6 +49,8 @@ pub struct OptionalExports {
     pub on_timer: Option<ComponentExportIndex>,
     /// `batch-handler.on-frames`.
     pub on_frames: Option<ComponentExportIndex>,
+    /// `state-handler.snapshot` and `state-handler.restore` (both or neither).
+    pub state: Option<(ComponentExportIndex, ComponentExportIndex)>,
 }
 
 /// Why a file is not a usable plugin.
@@ -168,6 +179,9 @@ impl Runtime {
         let optional = OptionalExports {
             on_timer: optional_export(&component, &exports, TIMER_EXPORT, "on-timer")?,
             on_frames: optional_export(&component, &exports, BATCH_EXPORT, "on-frames")?,
+            state: optional_export(&component, &exports, STATE_EXPORT, "snapshot")?.zip(
+                optional_export(&component, &exports, STATE_EXPORT, "restore")?,
+            ),
         };
         self.trial_instantiate(&pre, &optional)?;
         Ok(Arc::new(LoadedPlugin {
@@ -195,12 +209,14 @@ impl Runtime {
         let ctx = Arc::new(ListenerContext {
             name: Arc::from("check"),
             hub: Arc::new(LocalHub::new(1, 0)),
+            faults: Default::default(),
         });
         let state = HostState::new(
             ctx,
             Arc::from("check"),
             self.config.memory_limit,
             optional.on_timer.is_some(),
+            Arc::default(),
         );
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -212,7 +228,7 @@ impl Runtime {
                 mistyped_handler_function(pre, &mut store).unwrap_or_else(|| format!("{err:#}"));
             return Err(LoadError::WorldMismatch(detail));
         }
-        if optional.on_timer.is_some() || optional.on_frames.is_some() {
+        if optional.on_timer.is_some() || optional.on_frames.is_some() || optional.state.is_some() {
             let instance = pre
                 .instance_pre()
                 .instantiate(&mut store)
@@ -231,6 +247,14 @@ impl Runtime {
                         &mut store, index,
                     )
                     .map_err(|e| wrong("batch-handler.on-frames", e))?;
+            }
+            if let Some((snapshot, restore)) = &optional.state {
+                instance
+                    .get_typed_func::<(), (Vec<u8>,)>(&mut store, snapshot)
+                    .map_err(|e| wrong("state-handler.snapshot", e))?;
+                instance
+                    .get_typed_func::<(&[u8],), ()>(&mut store, restore)
+                    .map_err(|e| wrong("state-handler.restore", e))?;
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
 /// How a listener does TLS.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsOptions {
     /// Certificate chain (leaf first), PEM.
     pub cert: PathBuf,

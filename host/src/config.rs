@@ -1,0 +1,647 @@
+//! `pier.toml`: parsing, validation and plugin references.
+//!
+//! Everything is checked before anything binds: unknown keys are refused naming the key (serde's
+//! `deny_unknown_fields`, with the line from the TOML parser), and every value — addresses,
+//! sizes, durations, plugin names and files, TLS files, uniqueness of names and addresses — is
+//! validated into a [`Config`] whose fields need no further checking. A reload validates the new
+//! file the same way and changes nothing if it fails.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+use crate::builtin;
+use crate::framing::Framing;
+use crate::hub::SlowConsumer;
+use crate::listener::{DEFAULT_WRITE_QUEUE, Limits};
+use crate::runtime::{InstanceLimits, PluginConfig};
+use crate::tls::{SniCert, TlsOptions};
+
+/// Defaults that apply when pier.toml does not say.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `max_frame`.
+    pub const MAX_FRAME: usize = 1024 * 1024;
+    /// `limits.memory`.
+    pub const MEMORY: usize = 64 * 1024 * 1024;
+    /// `limits.call_deadline`.
+    pub const CALL_DEADLINE: Duration = Duration::from_secs(1);
+    /// `tls.handshake_timeout`.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `server.drain_timeout`.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// A validated pier.toml.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where it was read from (relative plugin and TLS paths are resolved against its folder).
+    pub path: PathBuf,
+    /// Process-wide settings.
+    pub server: ServerSection,
+    /// The listeners (tenants), in file order.
+    pub listeners: Vec<ListenerSpec>,
+}
+
+/// `[server]`: process-wide settings. Changing them needs a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerSection {
+    /// Worker threads (default: one per core).
+    pub workers: Option<usize>,
+    /// How long shutdown waits for connections to flush.
+    pub drain_timeout: Duration,
+    /// Compiled-plugin cache folder (default: the user cache dir).
+    pub cache_dir: Option<PathBuf>,
+    /// Reload plugins when their files change (default: on).
+    pub watch: bool,
+}
+
+/// A plugin named in a config or on the command line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PluginRef {
+    /// A plugin embedded in the binary.
+    Builtin(String),
+    /// A component file.
+    File(PathBuf),
+}
+
+/// One `[[listener]]`, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerSpec {
+    /// Unique name, on log lines and metrics.
+    pub name: String,
+    /// Where to listen.
+    pub address: SocketAddr,
+    /// The plugin serving it.
+    pub plugin: PluginRef,
+    /// How frames are cut.
+    pub framing: Framing,
+    /// Largest frame a client may send.
+    pub max_frame: usize,
+    /// Upstreams the plugin may use.
+    pub upstreams: Vec<String>,
+    /// TLS settings, when the listener does TLS.
+    pub tls: Option<TlsOptions>,
+    /// SNI names served by another plugin than `plugin`.
+    pub sni_plugins: Vec<(String, PluginRef)>,
+    /// Connection and instance limits.
+    pub limits: Limits,
+    /// Free keys and values for the plugin.
+    pub plugin_config: PluginConfig,
+}
+
+impl ListenerSpec {
+    /// Whether `other` differs only in what a hot swap can change (plugin, SNI plugins and
+    /// `plugin_config`), so the listener can keep its socket and connections.
+    pub fn same_socket_settings(&self, other: &ListenerSpec) -> bool {
+        self.address == other.address
+            && self.framing == other.framing
+            && self.max_frame == other.max_frame
+            && self.upstreams == other.upstreams
+            && self.tls == other.tls
+            && self.limits == other.limits
+            && self
+                .sni_plugins
+                .iter()
+                .map(|(n, _)| n)
+                .eq(other.sni_plugins.iter().map(|(n, _)| n))
+    }
+}
+
+impl std::fmt::Display for PluginRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginRef::Builtin(name) => f.write_str(name),
+            PluginRef::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl PluginRef {
+    /// Resolves a command-line or config plugin argument: a built-in name, or a file (relative
+    /// paths against `base`). The file must exist.
+    pub fn parse(arg: &str, base: &Path) -> Result<PluginRef> {
+        let looks_like_path = arg.ends_with(".wasm") || arg.contains('/');
+        if !looks_like_path && builtin::find(arg).is_some() {
+            return Ok(PluginRef::Builtin(arg.to_string()));
+        }
+        let path = base.join(arg);
+        if !path.exists() {
+            if looks_like_path {
+                bail!("plugin file {} does not exist", path.display());
+            }
+            bail!(
+                "no plugin file or built-in plugin named `{arg}` (built-in plugins: {})",
+                builtin::names()
+            );
+        }
+        Ok(PluginRef::File(path))
+    }
+
+    /// The framing the plugin is meant for, for built-ins.
+    pub fn preferred_framing(&self) -> Option<Framing> {
+        match self {
+            PluginRef::Builtin(name) => builtin::find(name).map(|b| b.framing),
+            PluginRef::File(_) => None,
+        }
+    }
+
+    /// The component's bytes.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        match self {
+            PluginRef::Builtin(name) => builtin::find(name)
+                .map(|b| b.wasm.to_vec())
+                .ok_or_else(|| anyhow!("no built-in plugin named `{name}`")),
+            PluginRef::File(path) => std::fs::read(path)
+                .with_context(|| format!("cannot read plugin file {}", path.display())),
+        }
+    }
+
+    /// The file to watch for changes, for file plugins.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            PluginRef::File(path) => Some(path),
+            PluginRef::Builtin(_) => None,
+        }
+    }
+}
+
+/// Parses `1048576`, `64KiB`, `1MiB`, `1 MB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a size ({e})"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("`{s}` is too large"))
+}
+
+/// Parses `500ms`, `10s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e})"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    workers: Option<usize>,
+    drain_timeout: Option<String>,
+    cache_dir: Option<PathBuf>,
+    watch: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    address: String,
+    plugin: String,
+    framing: Option<String>,
+    max_frame: Option<RawSize>,
+    #[serde(default)]
+    upstreams: Vec<String>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    plugin_config: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    client_cert_optional: bool,
+    #[serde(default)]
+    alpn: Vec<String>,
+    handshake_timeout: Option<String>,
+    #[serde(default)]
+    sni: Vec<RawSni>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSni {
+    name: String,
+    cert: PathBuf,
+    key: PathBuf,
+    plugin: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    new_connections_per_second: Option<u32>,
+    memory: Option<RawSize>,
+    call_deadline: Option<String>,
+    idle_timeout: Option<String>,
+    write_queue: Option<usize>,
+    slow_consumer: Option<String>,
+}
+
+/// A size written as a number of bytes or as text (`"1MiB"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl RawSize {
+    fn bytes(&self) -> Result<usize, String> {
+        match self {
+            RawSize::Bytes(n) => usize::try_from(*n).map_err(|_| format!("{n} is too large")),
+            RawSize::Text(s) => parse_size(s),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text, path).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim()))?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let server = ServerSection {
+            workers: match raw.server.workers {
+                Some(0) => bail!("server.workers: must be at least 1"),
+                w => w,
+            },
+            drain_timeout: opt_duration(
+                raw.server.drain_timeout.as_deref(),
+                "server.drain_timeout",
+            )?
+            .unwrap_or(defaults::DRAIN_TIMEOUT),
+            cache_dir: raw.server.cache_dir.map(|d| base.join(d)),
+            watch: raw.server.watch.unwrap_or(true),
+        };
+        if raw.listener.is_empty() {
+            bail!("no [[listener]] sections: nothing to serve");
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        let mut listeners = Vec::new();
+        for raw in raw.listener {
+            let name = raw.name.clone();
+            let spec = listener(raw, &base).with_context(|| format!("listener `{name}`"))?;
+            if !names.insert(spec.name.clone()) {
+                bail!("listener `{}` is defined twice", spec.name);
+            }
+            if spec.address.port() != 0 && !addresses.insert(spec.address) {
+                bail!(
+                    "listener `{}`: address {} is used by another listener",
+                    spec.name,
+                    spec.address
+                );
+            }
+            listeners.push(spec);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            server,
+            listeners,
+        })
+    }
+
+    /// The largest memory limit any listener asks for: the size of the instance pool's slots.
+    pub fn largest_memory(&self) -> usize {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.limits.instance.map(|i| i.memory))
+            .max()
+            .unwrap_or(defaults::MEMORY)
+    }
+}
+
+fn listener(raw: RawListener, base: &Path) -> Result<ListenerSpec> {
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        bail!("name: use letters, digits, `-`, `_` and `.` only");
+    }
+    let address = resolve_address(&raw.address).context("address")?;
+    let plugin = PluginRef::parse(&raw.plugin, base).context("plugin")?;
+    let framing = match raw.framing.as_deref() {
+        Some(f) => f.parse().map_err(|e: String| anyhow!("framing: {e}"))?,
+        None => plugin.preferred_framing().unwrap_or(Framing::Raw),
+    };
+    let max_frame = match &raw.max_frame {
+        Some(s) => s.bytes().map_err(|e| anyhow!("max_frame: {e}"))?,
+        None => defaults::MAX_FRAME,
+    };
+    if max_frame == 0 {
+        bail!("max_frame: must be at least 1 byte");
+    }
+    if let Some(unknown) = raw.upstreams.first() {
+        bail!("upstreams: no upstream named `{unknown}` is defined");
+    }
+    let limits = limits(&raw.limits)?;
+    let (tls, sni_plugins) = match raw.tls {
+        Some(tls) => {
+            let (options, routes) = tls_options(tls, base)?;
+            (Some(options), routes)
+        }
+        None => (None, Vec::new()),
+    };
+    let plugin_config: BTreeMap<String, String> = raw
+        .plugin_config
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, text)
+        })
+        .collect();
+    Ok(ListenerSpec {
+        name: raw.name,
+        address,
+        plugin,
+        framing,
+        max_frame,
+        upstreams: raw.upstreams,
+        tls,
+        sni_plugins,
+        limits,
+        plugin_config,
+    })
+}
+
+fn resolve_address(text: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .map_err(|e| anyhow!("`{text}` is not a host:port address ({e})"))?
+        .next()
+        .ok_or_else(|| anyhow!("`{text}` resolves to no address"))
+}
+
+fn limits(raw: &RawLimits) -> Result<Limits> {
+    let positive = |v: Option<usize>, key: &str| match v {
+        Some(0) => Err(anyhow!("limits.{key}: must be at least 1")),
+        v => Ok(v),
+    };
+    let memory = match &raw.memory {
+        Some(s) => s.bytes().map_err(|e| anyhow!("limits.memory: {e}"))?,
+        None => defaults::MEMORY,
+    };
+    if memory < 1024 * 1024 {
+        bail!("limits.memory: at least 1MiB is needed to run a component");
+    }
+    let call_deadline = opt_duration(raw.call_deadline.as_deref(), "limits.call_deadline")?
+        .unwrap_or(defaults::CALL_DEADLINE);
+    if call_deadline.is_zero() {
+        bail!("limits.call_deadline: must be more than zero");
+    }
+    let idle_timeout = opt_duration(raw.idle_timeout.as_deref(), "limits.idle_timeout")?;
+    if idle_timeout.is_some_and(|d| d.is_zero()) {
+        bail!("limits.idle_timeout: must be more than zero (leave it out for none)");
+    }
+    if raw.new_connections_per_second == Some(0) {
+        bail!("limits.new_connections_per_second: must be at least 1");
+    }
+    Ok(Limits {
+        max_connections: positive(raw.max_connections, "max_connections")?.unwrap_or(10_000),
+        max_connections_per_address: positive(
+            raw.max_connections_per_address,
+            "max_connections_per_address",
+        )?,
+        new_connections_per_second: raw.new_connections_per_second,
+        idle_timeout,
+        write_queue: positive(raw.write_queue, "write_queue")?.unwrap_or(DEFAULT_WRITE_QUEUE),
+        slow_consumer: match raw.slow_consumer.as_deref() {
+            Some(s) => s
+                .parse()
+                .map_err(|e: String| anyhow!("limits.slow_consumer: {e}"))?,
+            None => SlowConsumer::Drop,
+        },
+        instance: Some(InstanceLimits {
+            memory,
+            call_deadline,
+        }),
+    })
+}
+
+fn tls_options(raw: RawTls, base: &Path) -> Result<(TlsOptions, Vec<(String, PluginRef)>)> {
+    let file = |p: &Path, key: &str| -> Result<PathBuf> {
+        let path = base.join(p);
+        if !path.is_file() {
+            bail!("tls.{key}: {} does not exist", path.display());
+        }
+        Ok(path)
+    };
+    let mut sni = Vec::new();
+    let mut routes = Vec::new();
+    let mut seen = HashSet::new();
+    for entry in raw.sni {
+        let name = entry.name.to_ascii_lowercase();
+        if name.is_empty() || !seen.insert(name.clone()) {
+            bail!("tls.sni: name `{}` is empty or listed twice", entry.name);
+        }
+        sni.push(SniCert {
+            name: name.clone(),
+            cert: file(&entry.cert, "sni.cert")?,
+            key: file(&entry.key, "sni.key")?,
+        });
+        if let Some(plugin) = entry.plugin {
+            let plugin = PluginRef::parse(&plugin, base)
+                .with_context(|| format!("tls.sni `{name}`: plugin"))?;
+            routes.push((name, plugin));
+        }
+    }
+    let options = TlsOptions {
+        cert: file(&raw.cert, "cert")?,
+        key: file(&raw.key, "key")?,
+        client_ca: raw
+            .client_ca
+            .as_deref()
+            .map(|p| file(p, "client_ca"))
+            .transpose()?,
+        client_cert_optional: raw.client_cert_optional,
+        alpn: raw.alpn,
+        handshake_timeout: opt_duration(raw.handshake_timeout.as_deref(), "tls.handshake_timeout")?
+            .unwrap_or(defaults::HANDSHAKE_TIMEOUT),
+        sni,
+    };
+    if options.client_cert_optional && options.client_ca.is_none() {
+        bail!("tls.client_cert_optional needs tls.client_ca");
+    }
+    Ok((options, routes))
+}
+
+fn opt_duration(text: Option<&str>, key: &str) -> Result<Option<Duration>> {
+    text.map(|t| parse_duration(t).map_err(|e| anyhow!("{key}: {e}")))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/tmp/pier.toml"))
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../examples/pier.toml");
+        let config = Config::parse(text, Path::new("examples/pier.toml")).expect("valid");
+        assert_eq!(config.listeners.len(), 4);
+        assert_eq!(
+            config.listeners[0].limits.slow_consumer,
+            SlowConsumer::Close
+        );
+    }
+
+    #[test]
+    fn a_full_listener_is_read_with_every_value_checked() {
+        let config = parse(
+            r#"
+            [[listener]]
+            name = "chat"
+            address = "127.0.0.1:7000"
+            plugin = "chat"
+            max_frame = "64KiB"
+            [listener.limits]
+            max_connections = 5
+            max_connections_per_address = 2
+            new_connections_per_second = 10
+            memory = "16MiB"
+            call_deadline = "50ms"
+            idle_timeout = "30s"
+            write_queue = 8
+            slow_consumer = "close"
+            [listener.plugin_config]
+            greeting = "hi"
+            limit = 3
+            "#,
+        )
+        .expect("valid");
+        let l = &config.listeners[0];
+        assert_eq!(l.framing, Framing::Lines, "the built-in's framing");
+        assert_eq!(l.max_frame, 64 * 1024);
+        assert_eq!(l.limits.max_connections, 5);
+        assert_eq!(l.limits.max_connections_per_address, Some(2));
+        assert_eq!(l.limits.new_connections_per_second, Some(10));
+        assert_eq!(l.limits.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(l.limits.slow_consumer, SlowConsumer::Close);
+        assert_eq!(
+            l.limits.instance,
+            Some(InstanceLimits {
+                memory: 16 << 20,
+                call_deadline: Duration::from_millis(50)
+            })
+        );
+        assert_eq!(
+            l.plugin_config.get("greeting").map(String::as_str),
+            Some("hi")
+        );
+        assert_eq!(l.plugin_config.get("limit").map(String::as_str), Some("3"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = parse(
+            "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nplugin = \"echo\"\nmax_conections = 3\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("max_conections"), "{err:#}");
+        let err = parse(
+            "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nplugin = \"echo\"\n[listener.limits]\nmemroy = 1\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("memroy"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_values_name_listener_and_key() {
+        let cases = [
+            ("address = \"nowhere\"", "address"),
+            ("plugin = \"nope\"", "plugin"),
+            ("framing = \"xml\"", "framing"),
+            ("max_frame = \"12 parsecs\"", "max_frame"),
+            ("upstreams = [\"db\"]", "upstreams"),
+            ("[listener.limits]\nmemory = \"1KiB\"", "limits.memory"),
+            (
+                "[listener.limits]\ncall_deadline = \"soon\"",
+                "limits.call_deadline",
+            ),
+            (
+                "[listener.limits]\nslow_consumer = \"wait\"",
+                "limits.slow_consumer",
+            ),
+            (
+                "[listener.limits]\nmax_connections = 0",
+                "limits.max_connections",
+            ),
+            (
+                "[listener.tls]\ncert = \"missing.pem\"\nkey = \"k.pem\"",
+                "tls.cert",
+            ),
+        ];
+        for (extra, key) in cases {
+            let mut text = String::from("[[listener]]\nname = \"t\"\n");
+            for (k, v) in [("address", "\"127.0.0.1:7\""), ("plugin", "\"echo\"")] {
+                if !extra.starts_with(k) {
+                    text.push_str(&format!("{k} = {v}\n"));
+                }
+            }
+            text.push_str(extra);
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(
+                err.contains("listener `t`") && err.contains(key),
+                "{extra}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_and_addresses_are_unique() {
+        let two = |a: &str, b: &str, pa: &str, pb: &str| {
+            format!(
+                "[[listener]]\nname = \"{a}\"\naddress = \"{pa}\"\nplugin = \"echo\"\n\
+                 [[listener]]\nname = \"{b}\"\naddress = \"{pb}\"\nplugin = \"echo\"\n"
+            )
+        };
+        let err = parse(&two("a", "a", "127.0.0.1:1", "127.0.0.1:2")).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err:#}");
+        let err = parse(&two("a", "b", "127.0.0.1:1", "127.0.0.1:1")).unwrap_err();
+        assert!(err.to_string().contains("used by another"), "{err:#}");
+        parse(&two("a", "b", "127.0.0.1:0", "127.0.0.1:0")).expect("port 0 may repeat");
+    }
+
+    #[test]
+    fn an_empty_config_is_refused() {
+        assert!(parse("").is_err());
+    }
+}

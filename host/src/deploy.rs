@@ -1,0 +1,518 @@
+//! Turning a [`Config`] into running listeners, and changing them while they serve: config
+//! reloads (SIGHUP, `pier reload`), plugin file changes (notify) and hot swaps.
+//!
+//! Everything that can fail — reading and compiling plugins, checking them, loading TLS
+//! certificates, parsing the config — happens before anything changes, on blocking threads away
+//! from the workers. A failure is one clear log line and the old version keeps serving. A
+//! successful plugin swap publishes the new version in the listener's [`PluginSlot`], and each
+//! worker moves to it at its next frame boundary (see `runtime::slot`): connections stay open.
+//!
+//! Which changes keep connections: a new plugin, new SNI plugins or a new `plugin_config` are
+//! swapped in place. Other changes to a listener (address, framing, limits, TLS settings)
+//! restart it: the old socket stops accepting, its open connections carry on with the old
+//! settings until they close, and a new listener takes new clients. Removed listeners drain.
+//!
+//! [`PluginSlot`]: crate::runtime::PluginSlot
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ListenerSpec, PluginRef};
+use crate::listener::{ListenerSettings, ListenerShared};
+use crate::runtime::{LoadedPlugin, Runtime};
+use crate::server::Server;
+use crate::tls::TlsListener;
+
+/// How long file events are collected before a reload, so an editor's write-rename-chmod
+/// sequence (or a `cargo build` writing the file in pieces) causes one reload.
+const WATCH_SETTLE: Duration = Duration::from_millis(200);
+
+/// Runs the listeners of a config and applies changes to them.
+pub struct Deployer {
+    runtime: Arc<Runtime>,
+    server: Arc<Server>,
+    /// The config in force; reloads replace it only when applying succeeded.
+    current: Mutex<Config>,
+    /// Where SIGHUP re-reads the config from (`None`: the command line made it).
+    source: Option<PathBuf>,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Listeners started.
+    pub added: Vec<String>,
+    /// Listeners removed (their connections drain).
+    pub removed: Vec<String>,
+    /// Listeners restarted with new socket settings.
+    pub restarted: Vec<String>,
+    /// Listeners (or `listener/sni-name` routes) now running a new plugin version or config.
+    pub swapped: Vec<String>,
+}
+
+impl Deployer {
+    /// A deployer for `config`; nothing is started until [`Deployer::start`].
+    pub fn new(
+        runtime: Arc<Runtime>,
+        server: Arc<Server>,
+        config: Config,
+        source: Option<PathBuf>,
+    ) -> Arc<Self> {
+        Arc::new(Deployer {
+            runtime,
+            server,
+            current: Mutex::new(config),
+            source,
+        })
+    }
+
+    /// The server the listeners run on.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Starts every listener of the config; the first failure stops start-up.
+    pub async fn start(&self) -> Result<Vec<(ListenerSpec, SocketAddr)>> {
+        let config = self.current.lock().await.clone();
+        let mut started = Vec::new();
+        for spec in &config.listeners {
+            let launched = match self.prepare(spec).await {
+                Ok(prepared) => self.launch(spec, prepared).await,
+                Err(err) => Err(err),
+            };
+            // On the command line there is one unnamed listener; in a config, say which failed.
+            let addr = match launched {
+                Ok(addr) => addr,
+                Err(err) if self.source.is_some() => {
+                    return Err(err.context(format!("listener `{}`", spec.name)));
+                }
+                Err(err) => return Err(err),
+            };
+            started.push((spec.clone(), addr));
+        }
+        Ok(started)
+    }
+
+    /// Re-reads the config file (or, without one, re-reads the plugin files and certificates)
+    /// and applies the differences.
+    pub async fn reload(&self) -> Result<ReloadReport> {
+        let next = match &self.source {
+            Some(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || Config::load(&path))
+                    .await
+                    .context("config reader stopped")??
+            }
+            None => self.current.lock().await.clone(),
+        };
+        self.apply(next).await
+    }
+
+    /// Applies `next`: everything is prepared first, so a broken plugin, certificate or file
+    /// changes nothing.
+    pub async fn apply(&self, next: Config) -> Result<ReloadReport> {
+        let mut current = self.current.lock().await;
+        if next.server != current.server {
+            warn!("[server] settings changed; they take effect at the next restart");
+        }
+        let old: HashMap<&str, &ListenerSpec> = current
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l))
+            .collect();
+        let mut report = ReloadReport::default();
+        // Prepare: compile every plugin and load every certificate the new config needs.
+        let mut plans = Vec::new();
+        for spec in &next.listeners {
+            let plan = match old.get(spec.name.as_str()) {
+                Some(before) if before.same_socket_settings(spec) => {
+                    Plan::Swap(self.prepare_swap(spec).await?)
+                }
+                Some(_) => Plan::Restart(self.prepare(spec).await?),
+                None => Plan::Add(self.prepare(spec).await?),
+            };
+            plans.push((spec, plan));
+        }
+        let keep: HashSet<&str> = next.listeners.iter().map(|l| l.name.as_str()).collect();
+        for name in old.keys().filter(|n| !keep.contains(*n)) {
+            if self.server.remove(name, true).await.is_some() {
+                info!(listener = name, "listener removed; its connections drain");
+                report.removed.push(name.to_string());
+            }
+        }
+        for (spec, plan) in plans {
+            match plan {
+                Plan::Swap(swaps) => {
+                    let Some(shared) = self.server.listener(&spec.name) else {
+                        continue;
+                    };
+                    if let Some(tls) = &shared.tls {
+                        match tls.reload() {
+                            Ok(()) => eprintln!("pier: SIGHUP: TLS certificates reloaded"),
+                            Err(err) => eprintln!(
+                                "pier: SIGHUP: new TLS certificates refused, keeping the old ones: {err:#}"
+                            ),
+                        }
+                    }
+                    for swap in swaps {
+                        if let Some(label) = swap.apply(&shared) {
+                            report.swapped.push(label);
+                        }
+                    }
+                }
+                Plan::Restart(prepared) => {
+                    self.server.remove(&spec.name, false).await;
+                    match self.launch(spec, prepared).await {
+                        Ok(_) => report.restarted.push(spec.name.clone()),
+                        Err(err) => {
+                            error!(listener = %spec.name, "cannot restart the listener: {err:#}")
+                        }
+                    }
+                }
+                Plan::Add(prepared) => match self.launch(spec, prepared).await {
+                    Ok(_) => report.added.push(spec.name.clone()),
+                    Err(err) => error!(listener = %spec.name, "cannot start the listener: {err:#}"),
+                },
+            }
+        }
+        *current = next;
+        Ok(report)
+    }
+
+    /// Reloads the plugins of every listener that uses one of `files`.
+    pub async fn reload_files(&self, files: &HashSet<PathBuf>) -> ReloadReport {
+        let specs: Vec<ListenerSpec> = self
+            .current
+            .lock()
+            .await
+            .listeners
+            .iter()
+            .filter(|spec| plugin_files(spec).any(|f| files.contains(f)))
+            .cloned()
+            .collect();
+        let mut report = ReloadReport::default();
+        for spec in specs {
+            let Some(shared) = self.server.listener(&spec.name) else {
+                continue;
+            };
+            match self.prepare_swap(&spec).await {
+                Ok(swaps) => {
+                    for swap in swaps {
+                        if let Some(label) = swap.apply(&shared) {
+                            report.swapped.push(label);
+                        }
+                    }
+                }
+                Err(err) => error!(
+                    listener = %spec.name,
+                    "reload refused, the old version keeps serving: {err:#}"
+                ),
+            }
+        }
+        report
+    }
+
+    /// Every plugin file the config in force uses.
+    pub async fn watched_files(&self) -> HashSet<PathBuf> {
+        self.current
+            .lock()
+            .await
+            .listeners
+            .iter()
+            .flat_map(|spec| plugin_files(spec).cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Loads a plugin on a blocking thread (compiling is CPU work the async threads must not do).
+    async fn load(&self, plugin: &PluginRef) -> Result<Arc<LoadedPlugin>> {
+        let runtime = self.runtime.clone();
+        let plugin = plugin.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = plugin.read()?;
+            runtime
+                .load_plugin(&plugin.to_string(), &bytes)
+                .map_err(|err| anyhow!("plugin {plugin}: {err}"))
+        })
+        .await
+        .context("plugin loader stopped")?
+    }
+
+    /// Loads what a new or restarted listener needs.
+    async fn prepare(&self, spec: &ListenerSpec) -> Result<Prepared> {
+        self.check_limits(spec)?;
+        let plugin = self.load(&spec.plugin).await?;
+        let mut routes = Vec::new();
+        for (name, plugin) in &spec.sni_plugins {
+            routes.push((name.clone(), self.load(plugin).await?));
+        }
+        let tls = match &spec.tls {
+            Some(options) => Some(TlsListener::load(options.clone())?),
+            None => None,
+        };
+        Ok(Prepared {
+            plugin,
+            routes,
+            tls,
+        })
+    }
+
+    /// Loads what a hot swap of `spec` needs: its plugins, compared with what runs now.
+    async fn prepare_swap(&self, spec: &ListenerSpec) -> Result<Vec<Swap>> {
+        let mut swaps = vec![Swap {
+            route: None,
+            plugin: self.load(&spec.plugin).await?,
+            config: spec.plugin_config.clone(),
+        }];
+        for (name, plugin) in &spec.sni_plugins {
+            swaps.push(Swap {
+                route: Some(name.clone()),
+                plugin: self.load(plugin).await?,
+                config: spec.plugin_config.clone(),
+            });
+        }
+        Ok(swaps)
+    }
+
+    /// Refuses limits the process cannot honour without a restart.
+    fn check_limits(&self, spec: &ListenerSpec) -> Result<()> {
+        let pool = self.runtime.config().memory_limit;
+        if let Some(limits) = spec.limits.instance
+            && limits.memory > pool
+        {
+            return Err(anyhow!(
+                "limits.memory {} is above the instance pool's {} fixed at start-up; restart pier to raise it",
+                bytesize::ByteSize(limits.memory as u64),
+                bytesize::ByteSize(pool as u64)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Binds the listener's address and starts accepting.
+    async fn launch(&self, spec: &ListenerSpec, prepared: Prepared) -> Result<SocketAddr> {
+        let settings = |name: String| ListenerSettings {
+            name,
+            framing: spec.framing,
+            max_frame: spec.max_frame,
+            limits: spec.limits.clone(),
+            plugin_config: spec.plugin_config.clone(),
+        };
+        let routes = prepared
+            .routes
+            .into_iter()
+            .map(|(sni, plugin)| {
+                let tenant = ListenerShared::build(
+                    settings(format!("{}/{sni}", spec.name)),
+                    plugin,
+                    prepared.tls.clone(),
+                    Vec::new(),
+                );
+                (sni, tenant)
+            })
+            .collect();
+        let shared = ListenerShared::build(
+            settings(spec.name.clone()),
+            prepared.plugin,
+            prepared.tls,
+            routes,
+        );
+        let listener = bind(spec.address).await?;
+        let addr = self.server.add(listener, shared.clone())?;
+        let plugin = shared.slot.current().plugin.clone();
+        let mode = if shared.tls.is_some() { ", TLS" } else { "" };
+        let name = match self.source {
+            Some(_) => format!("; listener {}", spec.name),
+            None => String::new(),
+        };
+        eprintln!(
+            "pier: listening on {addr} (plugin {}, framing {}{mode}{name})",
+            plugin.name, spec.framing
+        );
+        Ok(addr)
+    }
+}
+
+/// A listener's plugins, compiled and checked, and its TLS settings, loaded.
+struct Prepared {
+    plugin: Arc<LoadedPlugin>,
+    routes: Vec<(String, Arc<LoadedPlugin>)>,
+    tls: Option<Arc<TlsListener>>,
+}
+
+/// What a reload does to one listener.
+enum Plan {
+    Swap(Vec<Swap>),
+    Restart(Prepared),
+    Add(Prepared),
+}
+
+/// A new plugin version (or config) for a listener or one of its SNI routes.
+struct Swap {
+    route: Option<String>,
+    plugin: Arc<LoadedPlugin>,
+    config: crate::runtime::PluginConfig,
+}
+
+impl Swap {
+    /// Publishes the new version unless the same version and config already serve; returns the
+    /// listener (or `listener/route`) that changed.
+    fn apply(self, shared: &Arc<ListenerShared>) -> Option<String> {
+        let target = match &self.route {
+            None => shared.clone(),
+            Some(name) => shared
+                .routes
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, l)| l.clone())?,
+        };
+        let current = target.slot.current();
+        if current.plugin.version == self.plugin.version && *current.config == self.config {
+            return None;
+        }
+        let started = Instant::now();
+        let generation = target.slot.swap(self.plugin.clone(), self.config);
+        info!(
+            listener = %target.name,
+            from = %format!("{}@{}", current.plugin.name, current.plugin.version),
+            to = %format!("{}@{}", self.plugin.name, self.plugin.version),
+            generation,
+            compiled_in = ?self.plugin.load_time,
+            cached = self.plugin.from_cache,
+            "plugin reloaded; workers switch at their next frame boundary (published in {:?})",
+            started.elapsed()
+        );
+        Some(target.name.to_string())
+    }
+}
+
+fn plugin_files(spec: &ListenerSpec) -> impl Iterator<Item = &PathBuf> {
+    std::iter::once(&spec.plugin)
+        .chain(spec.sni_plugins.iter().map(|(_, p)| p))
+        .filter_map(|p| match p {
+            PluginRef::File(path) => Some(path),
+            PluginRef::Builtin(_) => None,
+        })
+}
+
+/// Binds `addr`, turning the usual failures into one clear sentence.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::AddrInUse => anyhow!("address {addr} is already in use"),
+            std::io::ErrorKind::PermissionDenied => {
+                anyhow!("permission denied binding {addr} (ports below 1024 need privileges)")
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                anyhow!("address {addr} is not available on this machine")
+            }
+            _ => anyhow!("cannot listen on {addr}: {err}"),
+        })
+}
+
+/// Reloads on SIGHUP until the process ends.
+pub async fn reload_on_sighup(deployer: Arc<Deployer>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        log_report("SIGHUP", deployer.reload().await);
+    }
+}
+
+/// Logs what a reload did, or why it was refused.
+pub fn log_report(trigger: &str, result: Result<ReloadReport>) {
+    match result {
+        Ok(report) => info!(
+            added = ?report.added,
+            removed = ?report.removed,
+            restarted = ?report.restarted,
+            swapped = ?report.swapped,
+            "{trigger}: reload done"
+        ),
+        Err(err) => error!("{trigger}: reload refused, nothing changed: {err:#}"),
+    }
+}
+
+/// Watches the plugin files in use and reloads the listeners whose file changed. Watches the
+/// files' folders, not the files: editors and build tools replace a file by renaming a new one
+/// over it, which ends a watch on the file itself.
+pub async fn watch_plugins(deployer: Arc<Deployer>) {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && !event.kind.is_access()
+            {
+                for path in event.paths {
+                    let _ = tx.send(path);
+                }
+            }
+        }) {
+            Ok(w) => w,
+            Err(err) => {
+                error!("cannot watch plugin files: {err}");
+                return;
+            }
+        };
+    let mut watched_dirs = HashSet::new();
+    loop {
+        let files = deployer.watched_files().await;
+        for dir in files.iter().filter_map(|f| f.parent()) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if watched_dirs.insert(dir.to_path_buf()) {
+                match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => info!("watching {} for plugin changes", dir.display()),
+                    Err(err) => warn!("cannot watch {}: {err}", dir.display()),
+                }
+            }
+        }
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut changed = HashSet::from([first]);
+        let settle = tokio::time::sleep(WATCH_SETTLE);
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                _ = &mut settle => break,
+                Some(path) = rx.recv() => { changed.insert(path); }
+            }
+        }
+        let hits: HashSet<PathBuf> = files
+            .into_iter()
+            .filter(|f| changed.iter().any(|c| same_file(c, f)))
+            .collect();
+        if !hits.is_empty() {
+            let report = deployer.reload_files(&hits).await;
+            if !report.swapped.is_empty() {
+                info!(swapped = ?report.swapped, "plugin file changed: reloaded");
+            }
+        }
+    }
+}
+
+/// Whether an event path names a watched file (events carry absolute paths; configs may not).
+fn same_file(event: &Path, watched: &Path) -> bool {
+    if event == watched {
+        return true;
+    }
+    match (event.canonicalize(), watched.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => std::path::absolute(watched).is_ok_and(|w| w == event),
+    }
+}

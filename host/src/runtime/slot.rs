@@ -1,0 +1,86 @@
+//! Which plugin version a listener runs right now, and the hand-over to the next one.
+//!
+//! A reload publishes a new [`Deployment`] here and bumps the generation. Each worker's
+//! [`super::PluginInstance`] compares generations before every guest call — one atomic load —
+//! and moves to the new version between two calls. Because every frame of a connection goes
+//! through its worker's instance one call at a time, "between two calls" is a frame boundary:
+//! no frame is lost, answered twice or reordered, and no connection notices.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use super::LoadedPlugin;
+
+/// The listener's `plugin_config` table, as strings, handed to the guest by the `config`
+/// interface.
+pub type PluginConfig = BTreeMap<String, String>;
+
+/// One version of a listener's plugin together with its configuration.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The compiled, checked plugin.
+    pub plugin: Arc<LoadedPlugin>,
+    /// The operator's `plugin_config` for it.
+    pub config: Arc<PluginConfig>,
+    /// Increases by one per swap; instances compare it to know they are stale.
+    pub generation: u64,
+    /// When this version started serving.
+    pub deployed_at: SystemTime,
+}
+
+/// The current deployment of one listener.
+#[derive(Debug)]
+pub struct PluginSlot {
+    /// Read on every instance creation and on every swap; written only by reloads.
+    current: RwLock<Arc<Deployment>>,
+    /// Mirrors `current.generation` so the per-call staleness check takes no lock.
+    generation: AtomicU64,
+}
+
+impl PluginSlot {
+    /// A slot serving `plugin` with `config`, generation 1.
+    pub fn new(plugin: Arc<LoadedPlugin>, config: PluginConfig) -> Self {
+        let deployment = Deployment {
+            plugin,
+            config: Arc::new(config),
+            generation: 1,
+            deployed_at: SystemTime::now(),
+        };
+        PluginSlot {
+            current: RwLock::new(Arc::new(deployment)),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// The deployment serving now.
+    pub fn current(&self) -> Arc<Deployment> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The generation serving now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new version; instances pick it up before their next call. Returns the new
+    /// generation.
+    pub fn swap(&self, plugin: Arc<LoadedPlugin>, config: PluginConfig) -> u64 {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let generation = current.generation + 1;
+        *current = Arc::new(Deployment {
+            plugin,
+            config: Arc::new(config),
+            generation,
+            deployed_at: SystemTime::now(),
+        });
+        // Published while the write lock is held, so a reader that sees the new generation
+        // also finds the new deployment.
+        self.generation.store(generation, Ordering::Release);
+        generation
+    }
+}

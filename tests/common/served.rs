@@ -1,0 +1,177 @@
+//! The `pier` binary as a child process: `pier serve` started with its address read from the
+//! `pier: listening on ...` lines it prints, killed when the test ends.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const PIER: &str = env!("CARGO_BIN_EXE_pier");
+/// Upper bound on any wait.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The tests' scratch folder.
+pub fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// `pier` with the test cache folder and no inherited log settings.
+pub fn pier() -> Command {
+    let mut cmd = Command::new(PIER);
+    cmd.env("PIER_CACHE_DIR", tmp().join("pier-cache"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A running `pier serve`, killed on drop.
+pub struct Served {
+    /// The process.
+    pub child: Child,
+    /// The first listener's address.
+    pub addr: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// Starts `pier serve ARGS` and waits for its first `listening on` line.
+    pub fn start(args: &[&str]) -> Served {
+        Self::start_listeners(args, 1)
+    }
+
+    /// Starts `pier serve ARGS` and waits until `count` listeners reported their address.
+    pub fn start_listeners(args: &[&str], count: usize) -> Served {
+        let mut child = pier()
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pier serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line.clone());
+                    if line.starts_with("pier: listening on ") {
+                        let _ = tx.send(line);
+                    }
+                }
+            });
+        }
+        let mut first = None;
+        for _ in 0..count {
+            let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+                panic!(
+                    "pier did not report its addresses; stderr: {:?}",
+                    lines.lock().unwrap()
+                )
+            });
+            assert!(line.contains("(plugin "), "{line}");
+            first.get_or_insert(listening_addr(&line));
+        }
+        Served {
+            child,
+            addr: first.unwrap_or_default(),
+            stderr: lines,
+        }
+    }
+
+    /// The address of config listener `name`, from the latest `listening on` line naming it;
+    /// waits for it to appear (a listener added by a reload reports later).
+    pub fn addr_of(&self, name: &str) -> String {
+        let suffix = format!("; listener {name})");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|l| l.starts_with("pier: listening on ") && l.ends_with(&suffix))
+                .map(|l| listening_addr(l));
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener {name} never reported its address; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a log line contains `text`; false if none did within `WAIT`.
+    pub fn wait_for_log(&self, text: &str) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.stderr.lock().unwrap().iter().any(|l| l.contains(text)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The port of the first listener.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Sends signal `sig` (`TERM`, `HUP`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pier did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in a `pier: listening on ADDR (...)` line.
+fn listening_addr(line: &str) -> String {
+    line.trim_start_matches("pier: listening on ")
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
