@@ -86,11 +86,15 @@ async fn repeated_faults_keep_being_recovered() {
 /// deadline) and `calm` (echo), on one worker so every fault hits the instance the bystanders
 /// also use.
 async fn two_tenants(test: &str) -> common::Deployed {
+    two_tenants_with_deadline(test, "200ms").await
+}
+
+async fn two_tenants_with_deadline(test: &str, deadline: &str) -> common::Deployed {
     let dir = common::scratch_dir(test);
     std::fs::write(dir.join("faulty.wasm"), faulty_wasm()).expect("write the plugin");
     common::Deployed::start(
         &dir,
-        r#"
+        &r#"
 [server]
 workers = 1
 
@@ -101,7 +105,7 @@ plugin = "faulty.wasm"
 framing = "lines"
 [listener.limits]
 memory = "8MiB"
-call_deadline = "200ms"
+call_deadline = "DEADLINE"
 
 [[listener]]
 name = "calm"
@@ -110,7 +114,8 @@ plugin = "echo"
 framing = "lines"
 [listener.limits]
 memory = "8MiB"
-"#,
+"#
+        .replace("DEADLINE", deadline),
     )
     .await
 }
@@ -170,5 +175,41 @@ async fn each_fault_costs_one_connection_and_neither_tenant_notices() {
     );
     let calm = &server.listener("calm").expect("listener").ctx.faults;
     assert_eq!(calm.total(), 0);
+    pier.stop().await;
+}
+
+#[tokio::test]
+async fn a_looping_guest_does_not_hold_up_its_worker() {
+    // One worker, so the looping call and everyone else share a thread; a long deadline, so
+    // the loop is certainly still running while the others are answered.
+    let pier = two_tenants_with_deadline("loop-shares-worker", "3s").await;
+    let mut neighbour = pier.client("faulty").await;
+    let mut other_tenant = pier.client("calm").await;
+    assert_eq!(neighbour.ask(b"warm").await, b"Echo: warm");
+    let mut offender = pier.client("faulty").await;
+    offender.send(b"loop").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    for i in 0..20 {
+        let msg = format!("meanwhile {i}");
+        assert_eq!(
+            other_tenant.ask(msg.as_bytes()).await,
+            common::echoed(msg.as_bytes())
+        );
+        assert_eq!(
+            neighbour.ask(msg.as_bytes()).await,
+            common::echoed(msg.as_bytes())
+        );
+    }
+    // All of that happened while the loop was still running: its connection is still open.
+    let mut byte = [0u8; 1];
+    match offender.stream.try_read(&mut byte) {
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the looping call already ended: {other:?}"),
+    }
+    assert!(
+        offender.closed_by_server().await,
+        "the deadline still ends it"
+    );
     pier.stop().await;
 }

@@ -6,7 +6,6 @@
 //! write. A client that does not read its replies stalls only its own task (the write awaits),
 //! and frames other connections queue for it are bounded by the registry's write queue.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
@@ -27,12 +26,12 @@ use crate::hub::{
     ConnectionId, Control, Delivery, Hub, Mailbox, PeerInfo, Tally, TimerId, next_connection_id,
 };
 use crate::listener::ListenerShared;
+use crate::runtime::Fault;
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
-use crate::runtime::{Fault, PluginInstance};
 use crate::tls::{TlsInfo, TlsListener};
 use crate::transport::Transport;
-use crate::worker::{Instances, Job};
+use crate::worker::{Instances, Job, TenantInstances};
 
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
 /// answered, a client that keeps streaming cannot hold shutdown up.
@@ -85,7 +84,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             }
         }
         let listener = served.clone();
-        let instance = instances.get(&listener);
+        let instances = instances.get(&listener);
         let peer = PeerInfo {
             id,
             remote_addr: remote,
@@ -111,7 +110,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
             mailbox,
-            instance,
+            instances,
             signals: Signals::new(&listener),
             idle: listener.limits.idle_timeout.map(|after| Idle {
                 after,
@@ -125,7 +124,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             tally: Tally::default(),
         };
 
-        let opened = conn.instance.borrow_mut().on_open(&record);
+        let opened = conn.instances.lease().await.on_open(&record).await;
         let reason = match opened {
             Ok(Ok(greeting)) => {
                 if let Some(greeting) = greeting {
@@ -151,7 +150,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         // Out of groups and peers, sends refused, attributes still readable for on-close.
         listener.hub.begin_close(id);
         debug!(reason = ?reason, "closed");
-        conn.instance.borrow_mut().on_close(id, reason);
+        conn.instances.lease().await.on_close(id, reason).await;
         drop(registration);
         drop(admitted);
     }
@@ -258,8 +257,8 @@ struct Connection {
     write_buf: BytesMut,
     /// Frames queued for this connection by the plugin, and the plugin's close request.
     mailbox: Mailbox,
-    /// This worker's instance of the plugin.
-    instance: Rc<RefCell<PluginInstance>>,
+    /// This worker's instances of the plugin.
+    instances: Rc<TenantInstances>,
     /// The shutdown and close signals, as futures made once per connection: creating a
     /// cancellation future registers a waiter under a lock, too costly once per loop turn.
     signals: Signals,
@@ -297,7 +296,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = &mut self.signals.drain => {
-                    self.drain_on_shutdown();
+                    self.drain_on_shutdown().await;
                     return CloseReason::Shutdown;
                 }
 
@@ -305,7 +304,7 @@ impl Connection {
                     Some(timers) => timers.poll_expired(cx),
                     None => std::task::Poll::Ready(None),
                 }), if self.timers.as_ref().is_some_and(|t| !t.is_empty()) => {
-                    if let Err(reason) = self.fire_timer(expired.into_inner()) {
+                    if let Err(reason) = self.fire_timer(expired.into_inner()).await {
                         return reason;
                     }
                 }
@@ -322,7 +321,7 @@ impl Connection {
                 }
                 read = self.transport.read_some(&mut self.read_buf, self.decoder.read_hint()) => match read {
                     Ok(0) => {
-                        if let Err(reason) = self.handle_frames(true) {
+                        if let Err(reason) = self.handle_frames(true).await {
                             return reason;
                         }
                         return self.closing.unwrap_or(CloseReason::PeerClosed);
@@ -332,7 +331,7 @@ impl Connection {
                         if let Some(idle) = self.idle.as_mut() {
                             idle.last = tokio::time::Instant::now();
                         }
-                        if let Err(reason) = self.handle_frames(false) {
+                        if let Err(reason) = self.handle_frames(false).await {
                             return reason;
                         }
                         if self.read_buf.is_empty() {
@@ -363,7 +362,15 @@ impl Connection {
     /// Hands every complete frame in the read buffer to the plugin, in order, collecting the
     /// replies. Frames from one read go to a `batch-handler` plugin in one call; otherwise one
     /// call each, stopping early if the plugin closes the connection or faults.
-    fn handle_frames(&mut self, eof: bool) -> Result<(), Closed> {
+    async fn handle_frames(&mut self, eof: bool) -> Result<(), Closed> {
+        // More may be buffered than one batch takes.
+        while self.handle_one_batch(eof).await? {}
+        Ok(())
+    }
+
+    /// Decodes and handles up to `MAX_BATCH` frames; true if the batch was full and more may
+    /// be waiting in the buffer.
+    async fn handle_one_batch(&mut self, eof: bool) -> Result<bool, Closed> {
         let mut batch = std::mem::take(&mut self.batch);
         let mut broken = None;
         let mut close_after = false;
@@ -393,7 +400,7 @@ impl Connection {
         let full = batch.len() >= MAX_BATCH;
         // Report what arrived before the plugin runs, so its stats include these frames.
         self.mailbox.meter.record(&mut self.tally);
-        let handled = self.handle_batch(&batch);
+        let handled = self.handle_batch(&batch).await;
         batch.clear();
         // Keep a small batch allocation for the next read, not a large one for an idle connection.
         batch.shrink_to(16);
@@ -410,15 +417,14 @@ impl Connection {
             }
             return Err(CloseReason::ProtocolError);
         }
-        // More may be buffered than one batch takes.
-        if full && self.closing.is_none() {
-            return self.handle_frames(eof);
-        }
-        Ok(())
+        Ok(full && self.closing.is_none())
     }
 
-    fn handle_batch(&mut self, batch: &[Bytes]) -> Result<(), Closed> {
-        if batch.len() > 1 && self.instance.borrow().takes_batches() {
+    async fn handle_batch(&mut self, batch: &[Bytes]) -> Result<(), Closed> {
+        let instances = self.instances.clone();
+        let mut instance = instances.lease().await;
+        instance.follow_reload().await;
+        if batch.len() > 1 && instance.takes_batches() {
             let mut data = Vec::with_capacity(batch.iter().map(|f| f.len()).sum());
             let lengths: Vec<u32> = batch
                 .iter()
@@ -427,10 +433,7 @@ impl Connection {
                     u32::try_from(f.len()).unwrap_or(u32::MAX)
                 })
                 .collect();
-            let result = self
-                .instance
-                .borrow_mut()
-                .on_frames(self.id, &data, &lengths);
+            let result = instance.on_frames(self.id, &data, &lengths).await;
             self.take_mailbox();
             let (replies, reply_lengths) = result.map_err(|_fault| CloseReason::Fault)?;
             let mut start = 0usize;
@@ -451,7 +454,8 @@ impl Connection {
             if self.closing.is_some() {
                 break;
             }
-            self.handle_frame(frame)?;
+            let result = instance.on_frame(self.id, frame).await;
+            self.after_call(result)?;
         }
         Ok(())
     }
@@ -484,7 +488,7 @@ impl Connection {
     }
 
     /// Runs `on-timer` for a timer that came due and re-arms it if it repeats.
-    fn fire_timer(&mut self, timer: TimerId) -> Result<(), Closed> {
+    async fn fire_timer(&mut self, timer: TimerId) -> Result<(), Closed> {
         let Some((_, interval)) = self.timer_slots.remove(&timer) else {
             return Ok(());
         };
@@ -498,12 +502,8 @@ impl Connection {
             }
             None => self.hub.timer_done(self.id, timer),
         }
-        let result = self.instance.borrow_mut().on_timer(self.id, timer);
-        self.after_call(result)
-    }
-
-    fn handle_frame(&mut self, frame: &Bytes) -> Result<(), Closed> {
-        let result = self.instance.borrow_mut().on_frame(self.id, frame);
+        let instances = self.instances.clone();
+        let result = instances.lease().await.on_timer(self.id, timer).await;
         self.after_call(result)
     }
 
@@ -583,24 +583,24 @@ impl Connection {
 
     /// On shutdown, answers what the client already sent (it may still sit in the socket
     /// buffer) without waiting for more.
-    fn drain_on_shutdown(&mut self) {
+    async fn drain_on_shutdown(&mut self) {
         let mut drained = 0;
         while drained < DRAIN_READ_LIMIT && self.closing.is_none() {
             match self.try_read() {
                 Ok(Some(0)) => {
-                    let _ = self.handle_frames(true);
+                    let _ = self.handle_frames(true).await;
                     return;
                 }
                 Ok(Some(n)) => {
                     drained += n;
-                    if self.handle_frames(false).is_err() {
+                    if self.handle_frames(false).await.is_err() {
                         return;
                     }
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        let _ = self.handle_frames(false);
+        let _ = self.handle_frames(false).await;
         self.take_mailbox();
     }
 

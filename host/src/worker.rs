@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,15 +32,22 @@ pub struct Job {
     pub listener: Arc<ListenerShared>,
 }
 
-/// One worker's plugin instances, one per listener (tenant) it has served.
+/// Most guest calls of one listener running at once on one worker. Calls normally finish
+/// without yielding, so one instance serves them all; only calls that outlast an epoch tick
+/// (a slow or looping guest) make others of the same tenant need another instance. The cap
+/// bounds the memory a misbehaving tenant can take; beyond it its connections wait their turn,
+/// while other tenants' connections are unaffected.
+pub const MAX_CONCURRENT_CALLS: usize = 4;
+
+/// One worker's plugin instances, pooled per listener (tenant) it has served.
 pub struct Instances {
     runtime: Arc<Runtime>,
-    map: RefCell<HashMap<u64, Rc<RefCell<PluginInstance>>>>,
+    map: RefCell<HashMap<u64, Rc<TenantInstances>>>,
 }
 
 impl Instances {
-    /// This worker's instance for `listener`, created on first use.
-    pub fn get(&self, listener: &ListenerShared) -> Rc<RefCell<PluginInstance>> {
+    /// This worker's instances of `listener`'s plugin.
+    pub fn get(&self, listener: &ListenerShared) -> Rc<TenantInstances> {
         self.map
             .borrow_mut()
             .entry(listener.id)
@@ -49,18 +56,20 @@ impl Instances {
                     .limits
                     .instance
                     .unwrap_or_else(|| self.runtime.default_limits());
-                Rc::new(RefCell::new(PluginInstance::new(
-                    self.runtime.clone(),
-                    listener.slot.clone(),
-                    listener.ctx.clone(),
+                Rc::new(TenantInstances {
+                    runtime: self.runtime.clone(),
+                    slot: listener.slot.clone(),
+                    ctx: listener.ctx.clone(),
                     limits,
-                )))
+                    idle: RefCell::new(Vec::new()),
+                    turns: Semaphore::new(MAX_CONCURRENT_CALLS),
+                })
             })
             .clone()
     }
 
-    /// Frees the instance of a listener that stopped accepting once no connection uses it, so
-    /// removed tenants do not hold pool slots.
+    /// Frees the instances of a listener that stopped accepting once no connection uses them,
+    /// so removed tenants do not hold pool slots.
     pub fn release_if_unused(&self, listener: &ListenerShared) {
         if !listener.is_retired() {
             return;
@@ -71,6 +80,74 @@ impl Instances {
             .is_some_and(|i| Rc::strong_count(i) == 1)
         {
             map.remove(&listener.id);
+        }
+    }
+}
+
+/// One listener's instances on one worker: idle ones ready for the next call, and the turns
+/// that cap how many calls run at once.
+pub struct TenantInstances {
+    runtime: Arc<Runtime>,
+    slot: Arc<crate::runtime::PluginSlot>,
+    ctx: Arc<crate::runtime::host::ListenerContext>,
+    limits: crate::runtime::InstanceLimits,
+    /// Most recently used last, so a single connection keeps meeting the same instance.
+    idle: RefCell<Vec<PluginInstance>>,
+    turns: Semaphore,
+}
+
+impl TenantInstances {
+    /// An instance for one guest call, waiting if `MAX_CONCURRENT_CALLS` of this tenant are
+    /// already running on this worker. Returned to the pool when the lease drops.
+    pub async fn lease(&self) -> Lease<'_> {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let turn = self.turns.acquire().await.ok();
+        let instance = self.idle.borrow_mut().pop().unwrap_or_else(|| {
+            PluginInstance::new(
+                self.runtime.clone(),
+                self.slot.clone(),
+                self.ctx.clone(),
+                self.limits,
+            )
+        });
+        Lease {
+            pool: self,
+            instance: Some(instance),
+            _turn: turn,
+        }
+    }
+}
+
+/// An instance lent to one call.
+pub struct Lease<'a> {
+    pool: &'a TenantInstances,
+    instance: Option<PluginInstance>,
+    _turn: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = PluginInstance;
+
+    fn deref(&self) -> &PluginInstance {
+        // Only `drop` takes it out.
+        self.instance.as_ref().expect("leased instance present")
+    }
+}
+
+impl std::ops::DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut PluginInstance {
+        self.instance.as_mut().expect("leased instance present")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            let mut idle = self.pool.idle.borrow_mut();
+            // Extra instances made while a call was slow are dropped once things are calm.
+            if idle.len() < 2 {
+                idle.push(instance);
+            }
         }
     }
 }

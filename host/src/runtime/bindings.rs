@@ -5,6 +5,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     anyhow: true,
+    // Guest calls run on fibers so a long call can yield its worker (see `instance::time_slice`).
+    exports: { default: async },
 });
 
 pub use self::exports::pier::plugin::handler::Refusal;

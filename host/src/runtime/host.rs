@@ -56,6 +56,8 @@ pub struct HostState {
     /// Frames refused with `queue-full` during the running call: a call that overruns its
     /// deadline after the host started refusing its sends was flooding, not computing.
     pub(crate) refused_sends: u64,
+    /// When the running call (or instantiation) started, for the call deadline.
+    pub(crate) call_started: std::time::Instant,
 }
 
 impl HostState {
@@ -78,7 +80,15 @@ impl HostState {
             has_timer_handler,
             config,
             refused_sends: 0,
+            call_started: std::time::Instant::now(),
         }
+    }
+
+    /// Resets the per-call fields before a guest call for connection `id`.
+    pub(crate) fn begin_call(&mut self, id: ConnectionId) {
+        self.current = Some(id);
+        self.refused_sends = 0;
+        self.call_started = std::time::Instant::now();
     }
 }
 

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
+use super::Runtime;
 use super::bindings::{CloseReason, Peer, Plugin, Refusal};
 use super::host::{HostState, InstanceLimits, ListenerContext};
 use super::plugin::{LoadedPlugin, OnFrames, OnTimer, Restore, Snapshot};
 use super::slot::{Deployment, PluginSlot};
-use super::{Runtime, deadline_ticks};
 use crate::hub::ConnectionId;
 use wasmtime::component::Func;
 
@@ -178,15 +178,16 @@ impl PluginInstance {
     }
 
     /// Moves to the version the slot serves if a reload published a newer one, carrying the
-    /// guest's state across when both versions export `state-handler`.
-    fn follow_reload(&mut self) {
+    /// guest's state across when both versions export `state-handler`. Every call does this
+    /// first; callers that decide by the version's exports (`takes_batches`) call it before.
+    pub async fn follow_reload(&mut self) {
         if self.slot.generation() == self.deployment.generation {
             return;
         }
         let started = std::time::Instant::now();
         let next = self.slot.current();
         let snapshot = match self.live.as_mut() {
-            Some(live) => take_snapshot(live, &self.label, self.limits.call_deadline),
+            Some(live) => take_snapshot(live, &self.label).await,
             None => None,
         };
         let from = std::mem::replace(&mut self.label, label(&next.plugin));
@@ -200,9 +201,8 @@ impl PluginInstance {
                 tracing::warn!(plugin = %self.label, "the new version does not export state-handler; guest state dropped");
             } else {
                 let label = self.label.clone();
-                let deadline = self.limits.call_deadline;
-                if let Ok(live) = self.live() {
-                    restored = restore_snapshot(live, &label, deadline, &state);
+                if let Ok(live) = self.live().await {
+                    restored = restore_snapshot(live, &label, &state).await;
                     if !restored {
                         // A failed restore may leave guest memory half-written: start clean.
                         self.live = None;
@@ -231,7 +231,7 @@ impl PluginInstance {
         self.faults
     }
 
-    fn live(&mut self) -> Result<&mut Live, Fault> {
+    async fn live(&mut self) -> Result<&mut Live, Fault> {
         if self.live.is_none() {
             let plugin = &self.deployment.plugin;
             let data = HostState::new(
@@ -243,8 +243,8 @@ impl PluginInstance {
             );
             let mut store = Store::new(self.runtime.engine(), data);
             store.limiter(|state| &mut state.limiter);
-            store.set_epoch_deadline(deadline_ticks(self.limits.call_deadline));
-            let created = instantiate(plugin, &mut store).map_err(|err| {
+            time_slice(&mut store, self.limits.call_deadline);
+            let created = instantiate(plugin, &mut store).await.map_err(|err| {
                 self.faults += 1;
                 self.ctx.faults.record(FaultKind::Instantiate);
                 let fault = Fault::new(FaultKind::Instantiate, &err);
@@ -267,19 +267,18 @@ impl PluginInstance {
     }
 
     /// Runs one guest call for connection `id` under the deadline, turning a failure into a
-    /// [`Fault`] and discarding the instance.
-    fn call<R>(
+    /// [`Fault`] and discarding the instance. The call runs on a wasmtime fiber and yields to
+    /// the worker's other connections every epoch tick (see [`time_slice`]).
+    async fn call<R>(
         &mut self,
         id: ConnectionId,
-        f: impl FnOnce(&Plugin, &Extras, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl AsyncFnOnce(&Plugin, &Extras, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
-        self.follow_reload();
-        let ticks = deadline_ticks(self.limits.call_deadline);
-        let live = self.live()?;
-        live.store.data_mut().current = Some(id);
-        live.store.data_mut().refused_sends = 0;
-        live.store.set_epoch_deadline(ticks);
-        let result = f(&live.bindings, &live.extras, &mut live.store);
+        self.follow_reload().await;
+        let live = self.live().await?;
+        live.store.data_mut().begin_call(id);
+        live.store.set_epoch_deadline(1);
+        let result = f(&live.bindings, &live.extras, &mut live.store).await;
         match result {
             Ok(value) => {
                 live.store.data_mut().current = None;
@@ -332,33 +331,56 @@ impl PluginInstance {
     }
 
     /// Calls `on-open`.
-    pub fn on_open(&mut self, peer: &Peer) -> Result<Result<Option<Vec<u8>>, Refusal>, Fault> {
-        self.call(peer.id, |p, _, store| {
-            p.pier_plugin_handler().call_on_open(store, peer)
+    pub async fn on_open(
+        &mut self,
+        peer: &Peer,
+    ) -> Result<Result<Option<Vec<u8>>, Refusal>, Fault> {
+        self.call(peer.id, async |p, _, store| {
+            p.pier_plugin_handler().call_on_open(store, peer).await
         })
+        .await
     }
 
     /// Calls `on-frame`.
-    pub fn on_frame(&mut self, id: ConnectionId, frame: &[u8]) -> Result<Option<Vec<u8>>, Fault> {
-        self.call(id, |p, _, store| {
-            p.pier_plugin_handler().call_on_frame(store, id, frame)
+    pub async fn on_frame(
+        &mut self,
+        id: ConnectionId,
+        frame: &[u8],
+    ) -> Result<Option<Vec<u8>>, Fault> {
+        self.call(id, async |p, _, store| {
+            p.pier_plugin_handler()
+                .call_on_frame(store, id, frame)
+                .await
         })
+        .await
     }
 
     /// Calls `on-close`. A fault here is logged (by `call`) and otherwise ignored: the
     /// connection is gone either way.
-    pub fn on_close(&mut self, id: ConnectionId, reason: CloseReason) {
-        let _ = self.call(id, |p, _, store| {
-            p.pier_plugin_handler().call_on_close(store, id, reason)
-        });
+    pub async fn on_close(&mut self, id: ConnectionId, reason: CloseReason) {
+        let _ = self
+            .call(id, async |p, _, store| {
+                p.pier_plugin_handler()
+                    .call_on_close(store, id, reason)
+                    .await
+            })
+            .await;
     }
 
     /// Calls `timer-handler.on-timer`; `Ok(None)` if the plugin does not export it.
-    pub fn on_timer(&mut self, id: ConnectionId, timer: u64) -> Result<Option<Vec<u8>>, Fault> {
-        self.call(id, |_, extras, store| match &extras.on_timer {
-            Some(func) => func.call(store, (id, timer)).map(|(reply,)| reply),
+    pub async fn on_timer(
+        &mut self,
+        id: ConnectionId,
+        timer: u64,
+    ) -> Result<Option<Vec<u8>>, Fault> {
+        self.call(id, async |_, extras, store| match &extras.on_timer {
+            Some(func) => func
+                .call_async(store, (id, timer))
+                .await
+                .map(|(reply,)| reply),
             None => Ok(None),
         })
+        .await
     }
 
     /// Whether the plugin takes batches (`batch-handler`).
@@ -368,33 +390,66 @@ impl PluginInstance {
 
     /// Calls `batch-handler.on-frames` with frames laid out back to back in `data` with their
     /// `lengths`; returns the replies' bytes and, per frame, its reply's length or -1.
-    pub fn on_frames(
+    pub async fn on_frames(
         &mut self,
         id: ConnectionId,
         data: &[u8],
         lengths: &[u32],
     ) -> Result<(Vec<u8>, Vec<i32>), Fault> {
-        self.call(id, |_, extras, store| match extras.on_frames {
+        self.call(id, async |_, extras, store| match extras.on_frames {
             Some(func) => {
                 // SAFETY: the signature was checked with `get_typed_func` when the plugin was
                 // loaded (`Runtime::trial_instantiate`), and this function comes from an
                 // instance of that same component.
                 let typed: OnFrames<'_> = unsafe { OnFrames::new_unchecked(func) };
                 typed
-                    .call(store, (id, data, lengths))
+                    .call_async(store, (id, data, lengths))
+                    .await
                     .map(|(replies,)| replies)
             }
             None => Ok((Vec::new(), Vec::new())),
         })
+        .await
     }
 }
 
+/// Makes the guest share its worker. The epoch advances every [`EPOCH_TICK`]; a call that
+/// has already run for a tick when the next one comes yields, so the worker's other connections
+/// (of every tenant) run before it continues, and once it has run past `deadline` it is
+/// interrupted instead (a `Trap::Interrupt`, reported as a deadline fault). Calls shorter than
+/// a tick — nearly all — never yield, so they never need a second instance of the plugin.
+///
+/// [`EPOCH_TICK`]: super::EPOCH_TICK
+pub(crate) fn time_slice(store: &mut Store<HostState>, deadline: std::time::Duration) {
+    store.epoch_deadline_callback(move |ctx| {
+        let ran = ctx.data().call_started.elapsed();
+        if ran >= deadline {
+            Ok(wasmtime::UpdateDeadline::Interrupt)
+        } else if ran >= super::EPOCH_TICK {
+            // tokio's `yield_now` lets the worker poll its sockets before resuming this task;
+            // a plain yield would be re-polled at once, dozens of times before any I/O is seen.
+            Ok(wasmtime::UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        } else {
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        }
+    });
+}
+
 /// Creates an instance of `plugin` in `store`, with its optional exports resolved.
-fn instantiate(
+async fn instantiate(
     plugin: &LoadedPlugin,
     store: &mut Store<HostState>,
 ) -> wasmtime::Result<(Plugin, Extras)> {
-    let instance = plugin.pre.instance_pre().instantiate(&mut *store)?;
+    store.data_mut().call_started = std::time::Instant::now();
+    store.set_epoch_deadline(1);
+    let instance = plugin
+        .pre
+        .instance_pre()
+        .instantiate_async(&mut *store)
+        .await?;
     let bindings = Plugin::new(&mut *store, &instance)?;
     let mut extras = Extras::default();
     if let Some(index) = &plugin.optional.on_timer {
@@ -418,10 +473,11 @@ fn label(plugin: &LoadedPlugin) -> Arc<str> {
 }
 
 /// Asks the outgoing version for its state; `None` if it keeps none or the call fails (logged).
-fn take_snapshot(live: &mut Live, label: &str, deadline: std::time::Duration) -> Option<Vec<u8>> {
+async fn take_snapshot(live: &mut Live, label: &str) -> Option<Vec<u8>> {
     let (snapshot, _) = live.extras.state.as_ref()?;
-    live.store.set_epoch_deadline(deadline_ticks(deadline));
-    match snapshot.call(&mut live.store, ()) {
+    live.store.data_mut().begin_call(0);
+    live.store.set_epoch_deadline(1);
+    match snapshot.call_async(&mut live.store, ()).await {
         Ok((state,)) => Some(state),
         Err(err) => {
             tracing::error!(plugin = %label, "state-handler.snapshot failed; the new version starts empty: {}", one_line(&err));
@@ -431,20 +487,16 @@ fn take_snapshot(live: &mut Live, label: &str, deadline: std::time::Duration) ->
 }
 
 /// Hands the previous version's state to a fresh instance of the new one.
-fn restore_snapshot(
-    live: &mut Live,
-    label: &str,
-    deadline: std::time::Duration,
-    state: &[u8],
-) -> bool {
+async fn restore_snapshot(live: &mut Live, label: &str, state: &[u8]) -> bool {
     let Some((_, restore)) = live.extras.state.as_ref() else {
         return true;
     };
     // SAFETY: the signature was checked with `get_typed_func` when the plugin was loaded
     // (`Runtime::trial_instantiate`), and this function comes from an instance of it.
     let typed: Restore<'_> = unsafe { Restore::new_unchecked(*restore) };
-    live.store.set_epoch_deadline(deadline_ticks(deadline));
-    match typed.call(&mut live.store, (state,)) {
+    live.store.data_mut().begin_call(0);
+    live.store.set_epoch_deadline(1);
+    match typed.call_async(&mut live.store, (state,)).await {
         Ok(()) => true,
         Err(err) => {
             tracing::error!(plugin = %label, "state-handler.restore failed; the new version starts empty: {}", one_line(&err));

@@ -37,7 +37,7 @@ pub use self::plugin::{LoadError, LoadedPlugin};
 pub use self::slot::{Deployment, PluginConfig, PluginSlot};
 
 /// How often the epoch advances; call deadlines are rounded up to whole ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Limits and locations for the runtime.
 #[derive(Clone, Debug)]
