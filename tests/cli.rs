@@ -416,6 +416,44 @@ fn on_close_gets_the_shutdown_reason_and_guest_logs_are_tagged_with_the_plugin()
 }
 
 #[test]
+fn guest_stdout_and_stderr_go_to_the_log_tagged_with_the_plugin_and_connection() {
+    let faulty = pier::builtin::guest_path("pier_faulty.wasm");
+    let mut served = Served::start(&[faulty.to_str().unwrap(), "--framing", "lines"]);
+    let mut stream = TcpStream::connect(&served.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(b"print hello from the guest\n").unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    assert_eq!(reply, "printed\n");
+    // A panic writes its message to stderr, then traps.
+    stream.write_all(b"panic\n").unwrap();
+    let mut rest = String::new();
+    let _ = reader.read_line(&mut rest);
+    served.signal("TERM");
+    assert!(served.wait_exit().success());
+    let log = served.log();
+    let find = |text: &str| {
+        log.lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("`{text}` not logged:\n{log}"))
+            .to_string()
+    };
+    let out = find("hello from the guest");
+    assert!(
+        out.contains("pier_faulty.wasm@")
+            && out.contains("stream=\"stdout\"")
+            && out.contains("conn="),
+        "{out}"
+    );
+    let err = find("asked to panic");
+    assert!(
+        err.contains("WARN") && err.contains("stream=\"stderr\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn built_in_plugins_bring_their_own_framing() {
     for (plugin, framing) in [
         ("chat", "lines"),

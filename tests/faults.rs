@@ -125,17 +125,8 @@ async fn each_fault_costs_one_connection_and_neither_tenant_notices() {
     let pier = two_tenants("fault-tenants").await;
     let mut neighbour = pier.client("faulty").await;
     let mut other_tenant = pier.client("calm").await;
-    // `read` and `env` try the file system and the environment through WASI, which pier does
-    // not grant: the attempt traps.
-    for magic in [
-        "trap",
-        "loop",
-        "oom",
-        "panic",
-        "flood",
-        "read /etc/hostname",
-        "env HOME",
-    ] {
+    // `exit` asks WASI to end the process: only the call ends.
+    for magic in ["trap", "loop", "oom", "panic", "flood", "exit"] {
         let mut offender = pier.client("faulty").await;
         assert_eq!(offender.ask(b"hello").await, b"Echo: hello");
         offender.send(magic.as_bytes()).await;
@@ -166,7 +157,7 @@ async fn each_fault_costs_one_connection_and_neither_tenant_notices() {
     assert_eq!(
         counted,
         [
-            ("trap", 4),
+            ("trap", 3),
             ("deadline", 1),
             ("memory", 1),
             ("send-flood", 1),
@@ -211,5 +202,47 @@ async fn a_looping_guest_does_not_hold_up_its_worker() {
         offender.closed_by_server().await,
         "the deadline still ends it"
     );
+    pier.stop().await;
+}
+
+#[tokio::test]
+async fn the_sandbox_has_no_files_environment_or_sockets_and_says_so_to_the_guest() {
+    let pier = two_tenants("sandbox").await;
+    let mut guest = pier.client("faulty").await;
+    let mut other_tenant = pier.client("calm").await;
+    // A real file and variable of this machine and a listening socket, so a success would show.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let attempts = [
+        (
+            "read /etc/hostname".to_string(),
+            "read failed: No such file or directory",
+        ),
+        ("read Cargo.toml".to_string(), "read failed: "),
+        (
+            "env PATH".to_string(),
+            "env failed: environment variable not found",
+        ),
+        (
+            format!("connect {}", listener.local_addr().unwrap()),
+            "connect failed: ",
+        ),
+    ];
+    for (attempt, refusal) in attempts {
+        let reply = String::from_utf8(guest.ask(attempt.as_bytes()).await).unwrap();
+        assert!(reply.starts_with(refusal), "{attempt}: {reply}");
+        // The guest handled the refusal itself: its connection and everyone else carry on.
+        assert_eq!(guest.ask(b"still here").await, b"Echo: still here");
+        assert_eq!(other_tenant.ask(b"fine").await, b"Echo: fine");
+    }
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "the guest reached a socket");
+    let faulty = &pier
+        .deployer
+        .server()
+        .listener("faulty")
+        .unwrap()
+        .ctx
+        .faults;
+    assert_eq!(faulty.total(), 0, "a refusal is not a fault");
     pier.stop().await;
 }

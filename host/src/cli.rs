@@ -558,6 +558,8 @@ fn check(args: CheckArgs) -> Result<()> {
     for import in &plugin.imports {
         let note = if import.starts_with("pier:plugin/") {
             "provided by pier"
+        } else if crate::runtime::wasi::provides(import) {
+            "WASI, deny by default: no files, environment or sockets; stdio to the log"
         } else {
             "not granted: traps if called"
         };

@@ -8,7 +8,9 @@
 //! - `flood`: queues frames for its own connection without end, until the deadline stops it;
 //! - `read PATH`: tries to read a file through WASI and replies with what it got;
 //! - `env NAME`: tries to read an environment variable through WASI;
-//! - `print TEXT`: writes TEXT to stdout and replies `printed`.
+//! - `print TEXT`: writes TEXT to stdout and replies `printed`;
+//! - `connect ADDR`: tries to open a TCP connection and replies with what it got;
+//! - `exit`: asks WASI to end the process.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -38,6 +40,15 @@ impl Guest for Faulty {
                 Ok(value) => format!("env {name}={value}").into_bytes(),
                 Err(err) => format!("env failed: {err}").into_bytes(),
             });
+        }
+        if let Some(addr) = text.strip_prefix("connect ") {
+            return Some(match std::net::TcpStream::connect(addr) {
+                Ok(_) => format!("connected to {addr}").into_bytes(),
+                Err(err) => format!("connect failed: {err}").into_bytes(),
+            });
+        }
+        if text == "exit" {
+            std::process::exit(3);
         }
         if let Some(line) = text.strip_prefix("print ") {
             println!("{line}");

@@ -58,6 +58,22 @@ pub struct HostState {
     pub(crate) refused_sends: u64,
     /// When the running call (or instantiation) started, for the call deadline.
     pub(crate) call_started: std::time::Instant,
+    /// The guest's deny-by-default WASI, built on its first WASI call (`runtime::wasi`).
+    wasi: Option<wasmtime_wasi::WasiCtx>,
+    /// Handles of WASI resources (streams, pollables) the guest holds.
+    table: wasmtime_wasi::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        let plugin = &self.plugin;
+        wasmtime_wasi::WasiCtxView {
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| super::wasi::context(plugin.clone())),
+            table: &mut self.table,
+        }
+    }
 }
 
 impl HostState {
@@ -81,6 +97,8 @@ impl HostState {
             config,
             refused_sends: 0,
             call_started: std::time::Instant::now(),
+            wasi: None,
+            table: wasmtime_wasi::ResourceTable::new(),
         }
     }
 

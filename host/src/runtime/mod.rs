@@ -17,6 +17,7 @@ pub mod host;
 pub mod instance;
 pub mod plugin;
 pub mod slot;
+pub mod wasi;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,6 +95,10 @@ impl Runtime {
             |state| state,
         )
         .map_err(anyhow::Error::from)?;
+        // Deny-by-default WASI for guests whose standard library imports it (`wasi`).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot link WASI")?;
         let cache = config.cache_dir.as_deref().and_then(|dir| {
             ArtifactCache::open(dir, &engine)
                 .inspect_err(|err| tracing::warn!("plugin cache disabled: {err:#}"))

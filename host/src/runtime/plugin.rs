@@ -112,13 +112,13 @@ impl std::fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// Imports that are stubbed to trap (WASI interfaces a Rust guest links but pier does not
-    /// grant).
+    /// Imports that are stubbed to trap (WASI interfaces beyond the deny-by-default WASI 0.2
+    /// pier links, see `runtime::wasi`).
     pub fn stubbed_imports(&self) -> impl Iterator<Item = &str> {
         self.imports
             .iter()
             .map(String::as_str)
-            .filter(|name| !name.starts_with(PACKAGE))
+            .filter(|name| !name.starts_with(PACKAGE) && !super::wasi::provides(name))
     }
 }
 
@@ -168,8 +168,7 @@ impl Runtime {
         check_handler_shape(&component, &self.engine)?;
 
         let mut linker = self.linker.clone();
-        linker
-            .define_unknown_imports_as_traps(&component)
+        stub_ungranted_imports(&mut linker, &component, &self.engine)
             .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
         let instance_pre = linker
             .instantiate_pre(&component)
@@ -221,7 +220,9 @@ impl Runtime {
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(self.deadline_ticks());
-        if let Err(err) = pre.instantiate(&mut store) {
+        // Instantiation is async because the WASI functions a guest may call from its start-up
+        // code are; nothing here waits on I/O, so a plain executor runs it to completion.
+        if let Err(err) = futures_executor::block_on(pre.instantiate_async(&mut store)) {
             // Say which function is wrong when that is the problem; wasmtime's own message
             // does not name it.
             let detail =
@@ -229,10 +230,9 @@ impl Runtime {
             return Err(LoadError::WorldMismatch(detail));
         }
         if optional.on_timer.is_some() || optional.on_frames.is_some() || optional.state.is_some() {
-            let instance = pre
-                .instance_pre()
-                .instantiate(&mut store)
-                .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
+            let instance =
+                futures_executor::block_on(pre.instance_pre().instantiate_async(&mut store))
+                    .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
             let wrong = |what: &str, e: wasmtime::Error| {
                 LoadError::WorldMismatch(format!("function `{what}` has the wrong type: {e:#}"))
             };
@@ -259,6 +259,57 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// Defines every import pier does not grant (WASI beyond 0.2's core interfaces, e.g.
+/// `wasi:http`) as a function that traps when called, so such a guest still loads and only a
+/// call that uses it faults.
+///
+/// wasmtime's `define_unknown_imports_as_traps` would do this, but it compares interface names
+/// exactly: a guest importing `wasi:cli/stdout@0.2.6` would get a trapping stub even though
+/// the linker provides the semver-compatible `@0.2.12`.
+fn stub_ungranted_imports(
+    linker: &mut wasmtime::component::Linker<HostState>,
+    component: &Component,
+    engine: &wasmtime::Engine,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::ResourceType;
+    let refuse = |name: String| {
+        move |_: wasmtime::StoreContextMut<'_, HostState>,
+              _: wasmtime::component::types::ComponentFunc,
+              _: &[wasmtime::component::Val],
+              _: &mut [wasmtime::component::Val]| {
+            Err(wasmtime::Error::msg(format!(
+                "the plugin called `{name}`, which pier does not grant"
+            )))
+        }
+    };
+    for (name, item) in component.component_type().imports(engine) {
+        if name.starts_with(PACKAGE) || super::wasi::provides(name) {
+            continue;
+        }
+        match item.ty {
+            ComponentItem::ComponentInstance(instance) => {
+                let mut stub = linker.instance(name)?;
+                for (export, item) in instance.exports(engine) {
+                    match item.ty {
+                        ComponentItem::ComponentFunc(_) => {
+                            stub.func_new(export, refuse(format!("{name}#{export}")))?
+                        }
+                        ComponentItem::Resource(_) => {
+                            stub.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            ComponentItem::ComponentFunc(_) => {
+                linker.root().func_new(name, refuse(name.to_string()))?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Finds `function` in the optional exported interface `interface`, if the plugin exports it.
@@ -289,7 +340,8 @@ fn mistyped_handler_function(
     store: &mut wasmtime::Store<HostState>,
 ) -> Option<String> {
     use super::bindings::{CloseReason, Peer, Refusal};
-    let instance = pre.instance_pre().instantiate(&mut *store).ok()?;
+    let instance =
+        futures_executor::block_on(pre.instance_pre().instantiate_async(&mut *store)).ok()?;
     let iface = instance.get_export_index(&mut *store, None, HANDLER_EXPORT)?;
     let mut check = |name: &str,
                      result: &dyn Fn(
