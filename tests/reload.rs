@@ -407,3 +407,42 @@ write_queue = {write_queue}
     assert_eq!(late.ask(b"z").await, b"Echo: z");
     pier.stop().await;
 }
+
+#[tokio::test]
+async fn a_plugin_asking_for_an_ungranted_capability_is_refused_naming_it() {
+    let dir = scratch_dir("ungranted");
+    let plugin = install(&dir, V1);
+    let pier = Deployed::start(&dir, &one_listener(1)).await;
+    let mut client = pier.client("live").await;
+    assert_eq!(client.ask(b"a").await, b"v1 #1: a");
+
+    // The greedy plugin imports `wasi:keyvalue/store`, which no listener grants.
+    install(&dir, "pier_greedy.wasm");
+    let files = HashSet::from([plugin.clone()]);
+    assert!(pier.deployer.reload_files(&files).await.swapped.is_empty());
+    assert_eq!(
+        client.ask(b"b").await,
+        b"v1 #2: b",
+        "the old version keeps serving"
+    );
+    let refused = pier.deployer.reload().await;
+    let err = format!("{:#}", refused.expect_err("refused"));
+    assert!(
+        err.contains("does not grant: wasi:keyvalue/store@0.2.0-draft"),
+        "{err}"
+    );
+    pier.stop().await;
+
+    // Nor does it start.
+    let dir = scratch_dir("ungranted-start");
+    install(&dir, "pier_greedy.wasm");
+    let path = dir.join("pier.toml");
+    std::fs::write(&path, one_listener(1)).unwrap();
+    let config = pier::config::Config::load(&path).unwrap();
+    let runtime = common::runtime();
+    let server = pier::server::Server::new(runtime.clone(), &Default::default()).unwrap();
+    let deployer = pier::deploy::Deployer::new(runtime, server.clone(), config, Some(path));
+    let err = format!("{:#}", deployer.start().await.expect_err("refused"));
+    assert!(err.contains("wasi:keyvalue/store@0.2.0-draft"), "{err}");
+    server.shutdown().await;
+}

@@ -231,8 +231,16 @@ impl Deployer {
             .collect()
     }
 
-    /// Loads a plugin on a blocking thread (compiling is CPU work the async threads must not do).
-    async fn load(&self, plugin: &PluginRef) -> Result<Arc<LoadedPlugin>> {
+    /// Loads a plugin for listener `spec` on a blocking thread (compiling is CPU work the async
+    /// threads must not do), refusing one that asks for more than the listener grants.
+    async fn load(&self, spec: &ListenerSpec, plugin: &PluginRef) -> Result<Arc<LoadedPlugin>> {
+        let loaded = self.compile(plugin).await?;
+        check_grants(&spec.name, &loaded)?;
+        Ok(loaded)
+    }
+
+    /// Compiles (or loads from the cache) and checks a plugin on a blocking thread.
+    async fn compile(&self, plugin: &PluginRef) -> Result<Arc<LoadedPlugin>> {
         let runtime = self.runtime.clone();
         let plugin = plugin.clone();
         tokio::task::spawn_blocking(move || {
@@ -248,10 +256,10 @@ impl Deployer {
     /// Loads what a new or restarted listener needs.
     async fn prepare(&self, spec: &ListenerSpec) -> Result<Prepared> {
         self.check_limits(spec)?;
-        let plugin = self.load(&spec.plugin).await?;
+        let plugin = self.load(spec, &spec.plugin).await?;
         let mut routes = Vec::new();
         for (name, plugin) in &spec.sni_plugins {
-            routes.push((name.clone(), self.load(plugin).await?));
+            routes.push((name.clone(), self.load(spec, plugin).await?));
         }
         let tls = match &spec.tls {
             Some(options) => Some(TlsListener::load(options.clone())?),
@@ -268,13 +276,13 @@ impl Deployer {
     async fn prepare_swap(&self, spec: &ListenerSpec) -> Result<Vec<Swap>> {
         let mut swaps = vec![Swap {
             route: None,
-            plugin: self.load(&spec.plugin).await?,
+            plugin: self.load(spec, &spec.plugin).await?,
             config: spec.plugin_config.clone(),
         }];
         for (name, plugin) in &spec.sni_plugins {
             swaps.push(Swap {
                 route: Some(name.clone()),
-                plugin: self.load(plugin).await?,
+                plugin: self.load(spec, plugin).await?,
                 config: spec.plugin_config.clone(),
             });
         }
@@ -391,6 +399,23 @@ impl Swap {
         );
         Some(target.name.to_string())
     }
+}
+
+/// Refuses a plugin that imports a capability the listener does not grant, naming each one.
+/// Every listener grants the `pier:plugin` interfaces and deny-by-default WASI 0.2; anything
+/// else (`wasi:http`, `wasi:keyvalue`, ...) is not granted. Upstreams will be granted per
+/// listener by the outbound-pool work.
+fn check_grants(listener: &str, plugin: &LoadedPlugin) -> Result<()> {
+    let missing: Vec<&str> = plugin.stubbed_imports().collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "plugin {} asks for what listener `{listener}` does not grant: {} (a listener grants \
+         pier:plugin/* and WASI 0.2 without files, environment or sockets)",
+        plugin.name,
+        missing.join(", ")
+    ))
 }
 
 fn plugin_files(spec: &ListenerSpec) -> impl Iterator<Item = &PathBuf> {
