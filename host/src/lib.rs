@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the `pier` command line (`serve`, `send`, `check`).
+//! - [`cli`]: the `pier` command line (`serve`, `reload`, `send`, `check`, `cert`, `bench`).
 //! - [`config`]: pier.toml — parsing and validating every value before anything binds.
 //! - [`deploy`]: running a config's listeners; reloads (SIGHUP, file watching) and hot swaps.
 //! - [`server`]: the worker pool and the accept loops of any number of listeners, drain.
@@ -18,8 +18,9 @@
 //! - [`framing`]: raw, lines and length-prefixed framing with a frame-size limit.
 //! - [`listener`]: what a listener serves (name, framing, limits, plugin, registry).
 //! - [`hub`]: the connection registry behind the plugin's `connections` interface.
-//! - [`runtime`]: wasmtime engine, compiled-plugin cache, loading and checking plugins, per-worker
-//!   instances with deadlines, memory caps and fault recovery.
+//! - [`runtime`]: wasmtime engine, compiled-plugin cache, loading and checking plugins, the
+//!   plugin slot reloads publish to, deny-by-default WASI, per-worker instances with deadlines,
+//!   time slicing, memory caps and fault recovery.
 //! - [`builtin`]: plugins embedded in the binary (echo).
 //! - [`client`]: the client side used by `pier send`.
 //! - [`bench`]: `pier bench` (load generator) and `pier baseline` (the native server it compares
