@@ -12,6 +12,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "common/served.rs"]
+mod served;
+
 const PIER: &str = env!("CARGO_BIN_EXE_pier");
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -643,4 +646,77 @@ fn optional_client_certificates_and_client_side_options() {
         String::from_utf8_lossy(&out.stderr).contains("--ca"),
         "says what is missing"
     );
+}
+
+#[test]
+fn a_config_routes_one_tls_port_to_two_tenants_by_server_name() {
+    let default = tmp("sni-route-default");
+    generate(&default);
+    let kit = tmp("sni-route-kit");
+    let out = pier()
+        .args(["cert", "generate", "--out", kit.to_str().unwrap()])
+        .args(["--hosts", "kit.pier.test"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let testkit = pier::builtin::guest_path("pier_testkit.wasm");
+    let config = default.join("pier.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[listener]]
+name = "front"
+address = "127.0.0.1:0"
+plugin = "echo"
+framing = "lines"
+
+[listener.tls]
+cert = "server.pem"
+key = "server-key.pem"
+
+[[listener.tls.sni]]
+name = "kit.pier.test"
+cert = "{kit}/server.pem"
+key = "{kit}/server-key.pem"
+plugin = "{testkit}"
+"#,
+            kit = kit.display(),
+            testkit = testkit.display()
+        ),
+    )
+    .unwrap();
+    let served = served::Served::start(&["--config", config.to_str().unwrap()]);
+    // Each client sends one line, then prints the first `lines` lines it gets back.
+    let ask = |ca: &Path, name: &str, lines: usize| {
+        let script = format!(
+            "import ssl, socket\n\
+             ctx = ssl.create_default_context(cafile='{ca}')\n\
+             s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=10), server_hostname='{name}')\n\
+             s.sendall(b'whoami\\n')\n\
+             f = s.makefile('rb')\n\
+             for _ in range({lines}): print(f.readline().decode().strip())\n",
+            ca = ca.join("ca.pem").display(),
+            port = served.port()
+        );
+        let out = python(&script);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // kit.pier.test reaches the test kit, a tenant of its own named after the route.
+    let routed = ask(&kit, "kit.pier.test", 2);
+    let mut lines = routed.lines();
+    let greeting = lines.next().unwrap_or_default();
+    assert!(
+        greeting.starts_with("welcome ") && greeting.ends_with("sni=kit.pier.test"),
+        "{routed}"
+    );
+    let whoami = lines.next().unwrap_or_default();
+    assert!(whoami.contains(" front/kit.pier.test tls "), "{routed}");
+    // Everyone else gets the listener's own plugin, echo (which does not greet).
+    assert_eq!(ask(&default, "localhost", 1), "Echo: whoami");
 }
