@@ -135,3 +135,14 @@ fn compiled_plugins_are_cached_by_content_and_survive_a_restart() {
     assert!(!other.load_plugin("echo", echo).unwrap().from_cache);
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
 }
+
+#[test]
+fn a_plugin_that_traps_in_its_start_up_code_is_refused_at_load() {
+    let bytes = std::fs::read(pier::builtin::guest_path("pier_trapstart.wasm")).expect("built");
+    let rt = runtime_with_cache("plugins-errors-cache");
+    let err = rt
+        .load_plugin("trapstart", &bytes)
+        .expect_err("must be refused");
+    assert!(matches!(err, LoadError::StartupFailed(_)), "{err}");
+    assert!(err.to_string().contains("start-up code"), "{err}");
+}

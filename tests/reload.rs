@@ -178,13 +178,19 @@ async fn reload_under_pipelined_traffic_drops_no_connection_and_answers_every_fr
     .await;
 
     // Broken replacements are refused and v1 keeps serving: not wasm, a core module instead of a
-    // component, a truncated component.
+    // component, a truncated component, a component of the wrong world (no handler), one that
+    // traps in its start-up code, one that asks for a capability the listener does not grant.
     let v2_bytes = std::fs::read(guest_file(V2)).expect("read v2");
     let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let wrong_world = wat::parse_str("(component)").expect("wat");
+    let read = |name| std::fs::read(guest_file(name)).expect("read a test plugin");
     for broken in [
         b"not a plugin".to_vec(),
         core_module,
         v2_bytes[..v2_bytes.len() / 2].to_vec(),
+        wrong_world,
+        read("pier_trapstart.wasm"),
+        read("pier_greedy.wasm"),
     ] {
         install_bytes(&dir, &broken);
         let report = pier

@@ -58,6 +58,9 @@ pub struct HostState {
     pub(crate) refused_sends: u64,
     /// When the running call (or instantiation) started, for the call deadline.
     pub(crate) call_started: std::time::Instant,
+    /// Set for the scratch instance that checks a plugin at load: its guest logs and output
+    /// are dropped, so loading a plugin does not look like serving one.
+    pub(crate) quiet: bool,
     /// The guest's deny-by-default WASI, built on its first WASI call (`runtime::wasi`).
     wasi: Option<wasmtime_wasi::WasiCtx>,
     /// Handles of WASI resources (streams, pollables) the guest holds.
@@ -66,11 +69,11 @@ pub struct HostState {
 
 impl wasmtime_wasi::WasiView for HostState {
     fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        let plugin = &self.plugin;
+        let (plugin, quiet) = (&self.plugin, self.quiet);
         wasmtime_wasi::WasiCtxView {
             ctx: self
                 .wasi
-                .get_or_insert_with(|| super::wasi::context(plugin.clone())),
+                .get_or_insert_with(|| super::wasi::context(plugin.clone(), quiet)),
             table: &mut self.table,
         }
     }
@@ -97,6 +100,7 @@ impl HostState {
             config,
             refused_sends: 0,
             call_started: std::time::Instant::now(),
+            quiet: false,
             wasi: None,
             table: wasmtime_wasi::ResourceTable::new(),
         }
@@ -376,6 +380,9 @@ impl config::Host for HostState {
 
 impl log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
+        if self.quiet {
+            return;
+        }
         let message = truncate(&message, MAX_LOG_MESSAGE);
         let listener = &*self.ctx.name;
         let plugin = &*self.plugin;

@@ -70,7 +70,8 @@ pub enum LoadError {
     Invalid(String),
     /// It imports something the host does not provide.
     #[error(
-        "imports `{0}`, which pier does not provide (pier provides pier:plugin/* and stubs wasi:*)"
+        "imports `{0}`, which pier does not provide (pier provides pier:plugin/* and WASI, \
+         deny by default)"
     )]
     UnsupportedImport(String),
     /// It does not export `pier:plugin/handler`.
@@ -79,6 +80,10 @@ pub enum LoadError {
     /// An import or export has the wrong shape.
     #[error("does not match the world pier:plugin/plugin@0.1.0: {0}")]
     WorldMismatch(String),
+    /// Its start-up code (instantiation, or the constructors its first call runs) trapped,
+    /// ran past the call deadline or the memory limit.
+    #[error("fails in its start-up code: {0}")]
+    StartupFailed(String),
 }
 
 /// A plugin compiled, linked against the host and checked against the world: instances of it
@@ -210,24 +215,50 @@ impl Runtime {
             hub: Arc::new(LocalHub::new(1, 0)),
             faults: Default::default(),
         });
-        let state = HostState::new(
+        let mut state = HostState::new(
             ctx,
             Arc::from("check"),
             self.config.memory_limit,
             optional.on_timer.is_some(),
             Arc::default(),
         );
+        state.quiet = true;
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(self.deadline_ticks());
         // Instantiation is async because the WASI functions a guest may call from its start-up
         // code are; nothing here waits on I/O, so a plain executor runs it to completion.
-        if let Err(err) = futures_executor::block_on(pre.instantiate_async(&mut store)) {
-            // Say which function is wrong when that is the problem; wasmtime's own message
-            // does not name it.
-            let detail =
-                mistyped_handler_function(pre, &mut store).unwrap_or_else(|| format!("{err:#}"));
-            return Err(LoadError::WorldMismatch(detail));
+        let bindings = match futures_executor::block_on(pre.instantiate_async(&mut store)) {
+            Ok(bindings) => bindings,
+            Err(err) => {
+                // Say which function is wrong when that is the problem; wasmtime's own message
+                // does not name it.
+                if let Some(detail) = mistyped_handler_function(pre, &mut store) {
+                    return Err(LoadError::WorldMismatch(detail));
+                }
+                if err.downcast_ref::<wasmtime::Trap>().is_some() {
+                    return Err(LoadError::StartupFailed(format!("{:#}", err.root_cause())));
+                }
+                return Err(LoadError::WorldMismatch(format!("{err:#}")));
+            }
+        };
+        // Languages run constructors (Rust statics, a Python interpreter's start-up) on the
+        // first call into a component rather than at instantiation. One `on-close` for
+        // connection 0 (ids start at 1) in this isolated store runs them, so a plugin that
+        // cannot start is refused now instead of faulting every connection.
+        store.data_mut().begin_call(0);
+        let first = bindings.pier_plugin_handler().call_on_close(
+            &mut store,
+            0,
+            super::bindings::CloseReason::Shutdown,
+        );
+        if let Err(err) = futures_executor::block_on(first) {
+            let why = if store.data().limiter.hit {
+                "memory limit reached".to_string()
+            } else {
+                format!("{:#}", err.root_cause())
+            };
+            return Err(LoadError::StartupFailed(why));
         }
         if optional.on_timer.is_some() || optional.on_frames.is_some() || optional.state.is_some() {
             let instance =

@@ -45,17 +45,22 @@ pub fn provides(import: &str) -> bool {
     PROVIDED.iter().any(|prefix| import.starts_with(prefix)) && import.contains("@0.2.")
 }
 
-/// A deny-by-default WASI context for one instance of `plugin`.
-pub fn context(plugin: Arc<str>) -> WasiCtx {
-    WasiCtxBuilder::new()
-        .stdout(GuestOutput {
-            plugin: plugin.clone(),
-            kind: Kind::Stdout,
-        })
-        .stderr(GuestOutput {
-            plugin,
-            kind: Kind::Stderr,
-        })
+/// A deny-by-default WASI context for one instance of `plugin`; `quiet` drops its output
+/// instead of logging it (the scratch instance that checks a plugin at load).
+pub fn context(plugin: Arc<str>, quiet: bool) -> WasiCtx {
+    let mut builder = WasiCtxBuilder::new();
+    if !quiet {
+        builder
+            .stdout(GuestOutput {
+                plugin: plugin.clone(),
+                kind: Kind::Stdout,
+            })
+            .stderr(GuestOutput {
+                plugin,
+                kind: Kind::Stderr,
+            });
+    }
+    builder
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
