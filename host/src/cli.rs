@@ -44,6 +44,8 @@ pub enum Command {
     Send(SendArgs),
     /// Check that a file is a pier plugin and show what it imports and exports.
     Check(CheckArgs),
+    /// Create a plugin project (Rust, Python or JavaScript) that builds as it is.
+    New(NewArgs),
     /// Load a server with frames and report round trips/s, latency and server CPU; with
     /// `--compare`, pier against the native baseline in the same run.
     Bench(crate::bench::BenchArgs),
@@ -69,6 +71,21 @@ pub enum CertCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+}
+
+/// `pier new`.
+#[derive(Args, Debug)]
+pub struct NewArgs {
+    /// The plugin's name (lower-case letters, digits, `-`, `_`); also its folder by default.
+    pub name: String,
+
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value = "rust")]
+    pub lang: crate::scaffold::Lang,
+
+    /// Where to create the project (default: ./NAME). Must not exist or be empty.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// `pier serve`.
@@ -251,6 +268,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Reload(args) => reload(args),
         Command::Send(args) => send(args),
         Command::Check(args) => check(args),
+        Command::New(args) => new_plugin(args),
         Command::Bench(args) => crate::bench::bench_main(args),
         Command::Baseline(args) => crate::bench::baseline_main(args),
         Command::Cert(CertCommand::Generate { out, hosts, days }) => {
@@ -404,6 +422,19 @@ async fn resolve(listen: &str) -> Result<SocketAddr> {
             .and_then(|mut addrs| addrs.next())
             .ok_or_else(|| anyhow!("cannot resolve listen address `{listen}`")),
     }
+}
+
+fn new_plugin(args: NewArgs) -> Result<()> {
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+    let (build, wasm) = crate::scaffold::create(&args.name, args.lang, &dir)?;
+    println!("created {} ({:?})", dir.display(), args.lang);
+    println!("build:  cd {} && {build}", dir.display());
+    println!("check:  pier check {}", wasm.display());
+    println!(
+        "serve:  pier serve {} --framing lines --watch",
+        wasm.display()
+    );
+    Ok(())
 }
 
 fn reload(args: ReloadArgs) -> Result<()> {

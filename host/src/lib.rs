@@ -22,6 +22,7 @@
 //!   plugin slot reloads publish to, deny-by-default WASI, per-worker instances with deadlines,
 //!   time slicing, memory caps and fault recovery.
 //! - [`builtin`]: plugins embedded in the binary (echo).
+//! - [`scaffold`]: `pier new`, plugin projects in Rust, Python or JavaScript.
 //! - [`client`]: the client side used by `pier send`.
 //! - [`bench`]: `pier bench` (load generator) and `pier baseline` (the native server it compares
 //!   pier with).
@@ -38,6 +39,7 @@ pub mod framing;
 pub mod hub;
 pub mod listener;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -46,6 +46,12 @@ impl Served {
 
     /// Starts `pier serve ARGS` and waits until `count` listeners reported their address.
     pub fn start_listeners(args: &[&str], count: usize) -> Served {
+        Self::start_within(args, count, WAIT)
+    }
+
+    /// Like [`Served::start_listeners`], waiting up to `wait` (a plugin compiled for the first
+    /// time, e.g. one embedding a language runtime, can take longer than `WAIT`).
+    pub fn start_within(args: &[&str], count: usize, wait: Duration) -> Served {
         let mut child = pier()
             .arg("serve")
             .args(args)
@@ -70,7 +76,7 @@ impl Served {
         }
         let mut first = None;
         for _ in 0..count {
-            let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            let line = rx.recv_timeout(wait).unwrap_or_else(|_| {
                 panic!(
                     "pier did not report its addresses; stderr: {:?}",
                     lines.lock().unwrap()
