@@ -246,3 +246,23 @@ async fn the_sandbox_has_no_files_environment_or_sockets_and_says_so_to_the_gues
     assert_eq!(faulty.total(), 0, "a refusal is not a fault");
     pier.stop().await;
 }
+
+#[tokio::test]
+async fn a_guest_whose_memory_only_grows_is_replaced_between_frames_not_faulted() {
+    // 8 MiB per instance; 100 frames each leaking 256 KiB is three times that.
+    let pier = two_tenants("leaky").await;
+    let mut client = pier.client("faulty").await;
+    for i in 0..100 {
+        assert_eq!(client.ask(b"leak 256").await, b"leaked", "frame {i}");
+    }
+    assert_eq!(client.ask(b"done").await, b"Echo: done");
+    let faulty = &pier
+        .deployer
+        .server()
+        .listener("faulty")
+        .unwrap()
+        .ctx
+        .faults;
+    assert_eq!(faulty.total(), 0, "no call ran out of memory");
+    pier.stop().await;
+}

@@ -10,7 +10,9 @@
 //! - `env NAME`: tries to read an environment variable through WASI;
 //! - `print TEXT`: writes TEXT to stdout and replies `printed`;
 //! - `connect ADDR`: tries to open a TCP connection and replies with what it got;
-//! - `exit`: asks WASI to end the process.
+//! - `exit`: asks WASI to end the process;
+//! - `leak KIB`: keeps KIB KiB of memory allocated for good, like a runtime that leaks a little
+//!   per call, and replies `leaked`.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -46,6 +48,11 @@ impl Guest for Faulty {
                 Ok(_) => format!("connected to {addr}").into_bytes(),
                 Err(err) => format!("connect failed: {err}").into_bytes(),
             });
+        }
+        if let Some(kib) = text.strip_prefix("leak ") {
+            let kib: usize = kib.parse().unwrap_or(1);
+            core::hint::black_box(Vec::leak(vec![1u8; kib * 1024]));
+            return Some(b"leaked".to_vec());
         }
         if text == "exit" {
             std::process::exit(3);

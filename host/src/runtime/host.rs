@@ -95,6 +95,7 @@ impl HostState {
             limiter: MemoryLimiter {
                 limit: memory_limit,
                 hit: false,
+                largest: 0,
             },
             has_timer_handler,
             config,
@@ -120,6 +121,16 @@ pub struct MemoryLimiter {
     limit: usize,
     /// Set when a growth was refused.
     pub(crate) hit: bool,
+    /// The largest size any of the instance's memories has grown to.
+    pub(crate) largest: usize,
+}
+
+impl MemoryLimiter {
+    /// Whether the instance's memory has grown to within an eighth of the limit: time to
+    /// replace it at a frame boundary, before a growth is refused in the middle of a call.
+    pub(crate) fn nearly_full(&self) -> bool {
+        self.largest >= self.limit - self.limit / 8
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -133,6 +144,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        self.largest = self.largest.max(desired);
         Ok(true)
     }
 

@@ -282,12 +282,27 @@ impl PluginInstance {
         match result {
             Ok(value) => {
                 live.store.data_mut().current = None;
+                let nearly_full = live.store.data().limiter.nearly_full();
+                let largest = live.store.data().limiter.largest;
                 self.calls += 1;
-                if self
-                    .runtime
-                    .config()
-                    .recycle_after
-                    .is_some_and(|n| self.calls >= n)
+                if nearly_full {
+                    // Guests whose heap only grows (fragmentation, a runtime that leaks a little
+                    // per call) would otherwise end in a memory fault that costs a connection;
+                    // a fresh instance at this frame boundary costs nobody anything.
+                    tracing::info!(
+                        listener = %self.ctx.name,
+                        plugin = %self.label,
+                        calls = self.calls,
+                        memory = %bytesize::ByteSize(largest as u64),
+                        "instance memory nearly at its limit; replaced at this frame boundary"
+                    );
+                }
+                if nearly_full
+                    || self
+                        .runtime
+                        .config()
+                        .recycle_after
+                        .is_some_and(|n| self.calls >= n)
                 {
                     self.live = None;
                     self.calls = 0;
