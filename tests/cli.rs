@@ -454,6 +454,48 @@ fn guest_stdout_and_stderr_go_to_the_log_tagged_with_the_plugin_and_connection()
 }
 
 #[test]
+fn json_log_lines_parse_and_carry_the_listener_plugin_and_connection() {
+    let faulty = pier::builtin::guest_path("pier_faulty.wasm");
+    // `--log-format` is global, so it may follow `serve`.
+    let mut served = Served::start(&[
+        "--log-format",
+        "json",
+        faulty.to_str().unwrap(),
+        "--framing",
+        "lines",
+    ]);
+    let mut stream = TcpStream::connect(&served.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(b"trap\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    served.signal("TERM");
+    assert!(served.wait_exit().success());
+    let log = served.log();
+    let fault = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each JSON line parses"))
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("plugin fault"))
+        })
+        .unwrap_or_else(|| panic!("no JSON fault line:\n{log}"));
+    assert_eq!(fault["level"], "ERROR");
+    let span = &fault["span"];
+    assert_eq!(span["name"], "conn", "{fault}");
+    assert_eq!(span["listener"], "default", "{fault}");
+    assert!(span["conn"].as_u64().is_some_and(|id| id > 0), "{fault}");
+    assert!(
+        span["plugin"]
+            .as_str()
+            .is_some_and(|p| p.contains("pier_faulty.wasm@")),
+        "{fault}"
+    );
+}
+
+#[test]
 fn built_in_plugins_bring_their_own_framing() {
     for (plugin, framing) in [
         ("chat", "lines"),

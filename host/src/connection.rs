@@ -53,7 +53,13 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".into());
-    let span = info_span!("conn", listener = %listener.name, conn = id, peer = %remote);
+    let span = info_span!(
+        "conn",
+        listener = %listener.name,
+        plugin = tracing::field::Empty,
+        conn = id,
+        peer = %remote
+    );
     let mut served = listener.clone();
     async {
         let stream = match TcpStream::from_std(stream) {
@@ -84,6 +90,15 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             }
         }
         let listener = served.clone();
+        {
+            // The version serving when the connection opened; after a reload the plugin's own
+            // lines name the version that handled each call.
+            let plugin = listener.slot.current().plugin.clone();
+            tracing::Span::current().record(
+                "plugin",
+                tracing::field::display(format_args!("{}@{}", plugin.name, plugin.version)),
+            );
+        }
         let instances = instances.get(&listener);
         let peer = PeerInfo {
             id,
