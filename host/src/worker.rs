@@ -1,6 +1,7 @@
-//! Worker threads: each runs its own single-threaded tokio runtime and owns one instance of each
-//! plugin it serves. Connections are pinned to the worker they are handed to, so a plugin call
-//! never crosses threads and never waits for a lock.
+//! Worker threads: each runs its own single-threaded tokio runtime and owns the instances of
+//! each plugin it serves — normally one per listener, a few more only while a slow call is
+//! suspended (see [`TenantInstances`]). Connections are pinned to the worker they are handed to,
+//! so a plugin call never crosses threads and never waits for a lock.
 //!
 //! This is the thread-per-core model DESIGN.md measured: the same throughput as an instance per
 //! connection at a sixth of the memory, and no per-connection instance ceiling.
