@@ -236,6 +236,19 @@ async fn the_sandbox_has_no_files_environment_or_sockets_and_says_so_to_the_gues
     }
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_err(), "the guest reached a socket");
+    // Clocks work.
+    let guest_now: u64 = String::from_utf8(guest.ask(b"clock").await)
+        .unwrap()
+        .parse()
+        .expect("seconds since the epoch");
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        guest_now.abs_diff(host_now) < 60,
+        "{guest_now} vs {host_now}"
+    );
     let faulty = &pier
         .deployer
         .server()

@@ -11,6 +11,7 @@
 //! - `print TEXT`: writes TEXT to stdout and replies `printed`;
 //! - `connect ADDR`: tries to open a TCP connection and replies with what it got;
 //! - `exit`: asks WASI to end the process;
+//! - `clock`: replies the WASI wall-clock time in seconds since the Unix epoch;
 //! - `leak KIB`: keeps KIB KiB of memory allocated for good, like a runtime that leaks a little
 //!   per call, and replies `leaked`.
 
@@ -48,6 +49,13 @@ impl Guest for Faulty {
                 Ok(_) => format!("connected to {addr}").into_bytes(),
                 Err(err) => format!("connect failed: {err}").into_bytes(),
             });
+        }
+        if text == "clock" {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            return Some(now.to_string().into_bytes());
         }
         if let Some(kib) = text.strip_prefix("leak ") {
             let kib: usize = kib.parse().unwrap_or(1);
