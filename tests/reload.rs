@@ -452,3 +452,28 @@ async fn a_plugin_asking_for_an_ungranted_capability_is_refused_naming_it() {
     assert!(err.contains("wasi:keyvalue/store@0.2.0-draft"), "{err}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_listener_that_could_not_start_is_started_by_the_next_reload() {
+    let dir = scratch_dir("retry-start");
+    install(&dir, V1);
+    let pier = Deployed::start(&dir, &one_listener(1)).await;
+    // Another process holds the port the new listener wants.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let with_late = format!(
+        "{}\n[[listener]]\nname = \"late\"\naddress = \"127.0.0.1:{port}\"\nplugin = \"echo\"\n\
+         framing = \"lines\"\n[listener.limits]\nmemory = \"16MiB\"\n",
+        one_listener(1)
+    );
+    let report = pier.reload_config(&with_late).await;
+    assert!(report.added.is_empty(), "{report:?}");
+    assert!(pier.deployer.server().listener("late").is_none());
+    drop(squatter);
+    // Same config again: the listener is not running, so it is started, not skipped.
+    let report = pier.reload_config(&with_late).await;
+    assert_eq!(report.added, ["late"]);
+    let mut client = pier.client("late").await;
+    assert_eq!(client.ask(b"here").await, b"Echo: here");
+    pier.stop().await;
+}

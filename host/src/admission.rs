@@ -145,8 +145,8 @@ impl Admission {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Counts a refusal; returns how many refusals to report now (0 within a second of the
-    /// last report).
+    /// Counts a refusal and logs it (with how many went unlogged) at most once a second;
+    /// returns `why` for the caller.
     fn refuse(&self, why: Refused) -> Refused {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let mut unlogged = self.unlogged.lock().unwrap_or_else(|e| e.into_inner());

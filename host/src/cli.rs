@@ -615,7 +615,7 @@ fn check(args: CheckArgs) -> Result<()> {
         } else if crate::runtime::wasi::provides(import) {
             "WASI, deny by default: no files, environment or sockets; stdio to the log"
         } else {
-            "not granted: traps if called"
+            "not granted: pier serve refuses a plugin that imports it"
         };
         writeln!(out, "  {import}  ({note})")?;
     }

@@ -436,6 +436,10 @@ impl Connection {
     }
 
     async fn handle_batch(&mut self, batch: &[Bytes]) -> Result<(), Closed> {
+        if batch.is_empty() {
+            // A read that ended mid-frame: no call, so no instance either.
+            return Ok(());
+        }
         let instances = self.instances.clone();
         let mut instance = instances.lease().await;
         instance.follow_reload().await;

@@ -132,12 +132,15 @@ impl Deployer {
         // Prepare: compile every plugin and load every certificate the new config needs.
         let mut plans = Vec::new();
         for spec in &next.listeners {
+            // A listener of the old config that is not running (its start or restart failed,
+            // e.g. the address was taken) is started again, whatever changed.
+            let running = self.server.listener(&spec.name).is_some();
             let plan = match old.get(spec.name.as_str()) {
-                Some(before) if before.same_socket_settings(spec) => {
+                Some(before) if running && before.same_socket_settings(spec) => {
                     Plan::Swap(self.prepare_swap(spec).await?)
                 }
-                Some(_) => Plan::Restart(self.prepare(spec).await?),
-                None => Plan::Add(self.prepare(spec).await?),
+                Some(_) if running => Plan::Restart(self.prepare(spec).await?),
+                _ => Plan::Add(self.prepare(spec).await?),
             };
             plans.push((spec, plan));
         }

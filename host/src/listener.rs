@@ -99,7 +99,7 @@ pub struct ListenerShared {
     pub force: CancellationToken,
     /// Set once the listener stopped accepting; workers then free its instances when its last
     /// connection ends.
-    retired: AtomicBool,
+    retired: Arc<AtomicBool>,
 }
 
 impl ListenerShared {
@@ -172,7 +172,7 @@ impl ListenerShared {
                 .collect(),
             drain: CancellationToken::new(),
             force: CancellationToken::new(),
-            retired: AtomicBool::new(false),
+            retired: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -195,6 +195,12 @@ impl ListenerShared {
         for (_, route) in &self.routes {
             route.retire();
         }
+    }
+
+    /// The flag [`ListenerShared::retire`] sets, for holders that must not keep the listener
+    /// alive.
+    pub fn retired_flag(&self) -> Arc<AtomicBool> {
+        self.retired.clone()
     }
 
     /// Whether the listener stopped accepting.

@@ -47,17 +47,19 @@ pub struct Instances {
 }
 
 impl Instances {
-    /// This worker's instances of `listener`'s plugin.
+    /// This worker's instances of `listener`'s plugin. Also frees those of listeners that were
+    /// removed or restarted and that no connection on this worker uses any more.
     pub fn get(&self, listener: &ListenerShared) -> Rc<TenantInstances> {
-        self.map
-            .borrow_mut()
-            .entry(listener.id)
+        let mut map = self.map.borrow_mut();
+        map.retain(|_, tenant| !(tenant.retired() && Rc::strong_count(tenant) == 1));
+        map.entry(listener.id)
             .or_insert_with(|| {
                 let limits = listener
                     .limits
                     .instance
                     .unwrap_or_else(|| self.runtime.default_limits());
                 Rc::new(TenantInstances {
+                    retired: listener.retired_flag(),
                     runtime: self.runtime.clone(),
                     slot: listener.slot.clone(),
                     ctx: listener.ctx.clone(),
@@ -88,16 +90,22 @@ impl Instances {
 /// One listener's instances on one worker: idle ones ready for the next call, and the turns
 /// that cap how many calls run at once.
 pub struct TenantInstances {
+    /// The listener's "stopped accepting" flag, so the worker can free these once unused.
+    retired: Arc<std::sync::atomic::AtomicBool>,
     runtime: Arc<Runtime>,
     slot: Arc<crate::runtime::PluginSlot>,
     ctx: Arc<crate::runtime::host::ListenerContext>,
     limits: crate::runtime::InstanceLimits,
-    /// Most recently used last, so a single connection keeps meeting the same instance.
+    /// The instance ready for the next call (at most one is kept).
     idle: RefCell<Vec<PluginInstance>>,
     turns: Semaphore,
 }
 
 impl TenantInstances {
+    fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
     /// An instance for one guest call, waiting if `MAX_CONCURRENT_CALLS` of this tenant are
     /// already running on this worker. Returned to the pool when the lease drops.
     pub async fn lease(&self) -> Lease<'_> {
@@ -145,8 +153,9 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(instance) = self.instance.take() {
             let mut idle = self.pool.idle.borrow_mut();
-            // Extra instances made while a call was slow are dropped once things are calm.
-            if idle.len() < 2 {
+            // One idle instance serves every call that does not overlap a slow one; extras made
+            // while a call was suspended are dropped as soon as they are not needed.
+            if idle.is_empty() {
                 idle.push(instance);
             }
         }

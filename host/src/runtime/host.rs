@@ -56,8 +56,9 @@ pub struct HostState {
     /// Frames refused with `queue-full` during the running call: a call that overruns its
     /// deadline after the host started refusing its sends was flooding, not computing.
     pub(crate) refused_sends: u64,
-    /// When the running call (or instantiation) started, for the call deadline.
-    pub(crate) call_started: std::time::Instant,
+    /// Epoch ticks the running call (or instantiation) has spent running guest code — not
+    /// waiting while it yielded to other connections — for the call deadline.
+    pub(crate) call_ticks: u64,
     /// Set for the scratch instance that checks a plugin at load: its guest logs and output
     /// are dropped, so loading a plugin does not look like serving one.
     pub(crate) quiet: bool,
@@ -96,11 +97,12 @@ impl HostState {
                 limit: memory_limit,
                 hit: false,
                 largest: 0,
+                baseline: 0,
             },
             has_timer_handler,
             config,
             refused_sends: 0,
-            call_started: std::time::Instant::now(),
+            call_ticks: 0,
             quiet: false,
             wasi: None,
             table: wasmtime_wasi::ResourceTable::new(),
@@ -111,7 +113,7 @@ impl HostState {
     pub(crate) fn begin_call(&mut self, id: ConnectionId) {
         self.current = Some(id);
         self.refused_sends = 0;
-        self.call_started = std::time::Instant::now();
+        self.call_ticks = 0;
     }
 }
 
@@ -123,13 +125,15 @@ pub struct MemoryLimiter {
     pub(crate) hit: bool,
     /// The largest size any of the instance's memories has grown to.
     pub(crate) largest: usize,
+    /// `largest` right after instantiation: a plugin that starts big is not "growing".
+    pub(crate) baseline: usize,
 }
 
 impl MemoryLimiter {
     /// Whether the instance's memory has grown to within an eighth of the limit: time to
     /// replace it at a frame boundary, before a growth is refused in the middle of a call.
     pub(crate) fn nearly_full(&self) -> bool {
-        self.largest >= self.limit - self.limit / 8
+        self.largest > self.baseline && self.largest >= self.limit - self.limit / 8
     }
 }
 

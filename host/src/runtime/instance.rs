@@ -252,6 +252,8 @@ impl PluginInstance {
                 fault
             })?;
             let (bindings, extras) = created;
+            let limiter = &mut store.data_mut().limiter;
+            limiter.baseline = limiter.largest;
             self.live = Some(Live {
                 store,
                 bindings,
@@ -428,19 +430,26 @@ impl PluginInstance {
     }
 }
 
-/// Makes the guest share its worker. The epoch advances every [`EPOCH_TICK`]; a call that
-/// has already run for a tick when the next one comes yields, so the worker's other connections
-/// (of every tenant) run before it continues, and once it has run past `deadline` it is
-/// interrupted instead (a `Trap::Interrupt`, reported as a deadline fault). Calls shorter than
-/// a tick — nearly all — never yield, so they never need a second instance of the plugin.
+/// Makes the guest share its worker. The epoch advances every [`EPOCH_TICK`] and the store's
+/// deadline is always the next tick, so this callback runs once per tick a call spends running
+/// guest code (time it spends suspended does not count). After one whole tick the call yields at
+/// every tick, so the worker's other connections (of every tenant) run before it continues;
+/// once it has run for `deadline` it is interrupted (a `Trap::Interrupt`, reported as a
+/// deadline fault). Calls shorter than a tick — nearly all — never yield, so they never need a
+/// second instance of the plugin.
 ///
 /// [`EPOCH_TICK`]: super::EPOCH_TICK
 pub(crate) fn time_slice(store: &mut Store<HostState>, deadline: std::time::Duration) {
-    store.epoch_deadline_callback(move |ctx| {
-        let ran = ctx.data().call_started.elapsed();
-        if ran >= deadline {
+    let max_ticks = super::deadline_ticks(deadline);
+    store.epoch_deadline_callback(move |mut ctx| {
+        let ticks = {
+            let state = ctx.data_mut();
+            state.call_ticks += 1;
+            state.call_ticks
+        };
+        if ticks >= max_ticks {
             Ok(wasmtime::UpdateDeadline::Interrupt)
-        } else if ran >= super::EPOCH_TICK {
+        } else if ticks >= 2 {
             // tokio's `yield_now` lets the worker poll its sockets before resuming this task;
             // a plain yield would be re-polled at once, dozens of times before any I/O is seen.
             Ok(wasmtime::UpdateDeadline::YieldCustom(
@@ -458,7 +467,7 @@ async fn instantiate(
     plugin: &LoadedPlugin,
     store: &mut Store<HostState>,
 ) -> wasmtime::Result<(Plugin, Extras)> {
-    store.data_mut().call_started = std::time::Instant::now();
+    store.data_mut().call_ticks = 0;
     store.set_epoch_deadline(1);
     let instance = plugin
         .pre

@@ -146,8 +146,6 @@ pub fn deadline_ticks(deadline: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX / 2).max(1) + 1
 }
 
-impl Runtime {}
-
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);

@@ -1,10 +1,10 @@
 //! Which plugin version a listener runs right now, and the hand-over to the next one.
 //!
-//! A reload publishes a new [`Deployment`] here and bumps the generation. Each worker's
-//! [`super::PluginInstance`] compares generations before every guest call — one atomic load —
-//! and moves to the new version between two calls. Because every frame of a connection goes
-//! through its worker's instance one call at a time, "between two calls" is a frame boundary:
-//! no frame is lost, answered twice or reordered, and no connection notices.
+//! A reload publishes a new [`Deployment`] here and bumps the generation. Every
+//! [`super::PluginInstance`] compares generations before each guest call — one atomic load —
+//! and moves to the new version between two calls. Because a connection's calls run one at a
+//! time, in frame order, on its worker, "between two calls" is a frame boundary: no frame is
+//! lost, answered twice or reordered, and no connection notices.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
