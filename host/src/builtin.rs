@@ -53,6 +53,12 @@ pub const BUILTINS: &[Builtin] = &[
         framing: Framing::LengthPrefixed,
         wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_lpjson.wasm")),
     },
+    Builtin {
+        name: "proxy",
+        summary: "forwards each frame to a granted upstream (plugin_config.upstream) and returns its reply",
+        framing: Framing::Lines,
+        wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_proxy.wasm")),
+    },
 ];
 
 /// Looks a built-in plugin up by name.

@@ -130,6 +130,19 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
 
+    /// Upstream server(s) for the plugin, as `host:port` (repeat or comma-separate for
+    /// failover): granted to the listener as the upstream named `upstream`, with the
+    /// listener's framing and default pool settings. `pier serve proxy --upstream ADDR` is a
+    /// one-line proxy.
+    #[arg(long, value_delimiter = ',', conflicts_with = "config")]
+    pub upstream: Vec<String>,
+
+    /// Serve the admin endpoint (`/metrics`, `/healthz`, `/plugins`, `/connections`, `POST
+    /// /reload`) on this address, e.g. `127.0.0.1:9090` (port 0 picks one; the real one is
+    /// printed). Overrides pier.toml's `[admin] address`. Off by default.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+
     /// How frames are delimited. Default: the built-in plugin's own framing (echo raw, chat and
     /// stats lines, http http, lpjson length-prefixed), or raw for a file.
     #[arg(long, value_enum)]
@@ -259,6 +272,15 @@ pub struct SendArgs {
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub max_frame: usize,
 
+    /// Send the message this many times, reusing pooled connections (the client side of
+    /// kn-sock's connection pool), and print a summary after the first reply.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeat: u64,
+
+    /// With `--repeat`: requests in flight at once, each on its own pooled connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub concurrency: u64,
+
     /// TLS options.
     #[command(flatten)]
     pub tls: crate::tls::client::ClientTlsArgs,
@@ -323,7 +345,9 @@ fn init_logging(level: &str, format: LogFormat) {
 /// `default` made from the command line.
 fn serve_config(args: &ServeArgs) -> Result<Config> {
     if let Some(path) = &args.config {
-        return Config::load(path);
+        let mut config = Config::load(path)?;
+        config.admin = args.admin.or(config.admin);
+        return Ok(config);
     }
     let plugin = PluginRef::parse(args.plugin.as_deref().unwrap_or("echo"), Path::new(""))?;
     let framing = args
@@ -347,6 +371,24 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
         }),
         _ => None,
     };
+    let upstreams = if args.upstream.is_empty() {
+        Vec::new()
+    } else {
+        if framing == Framing::Http {
+            bail!("--upstream: upstreams use raw, lines or length-prefixed framing, not http");
+        }
+        vec![crate::upstream::UpstreamSpec {
+            name: "upstream".into(),
+            addresses: args.upstream.clone(),
+            framing,
+            max_frame: args.max_frame,
+            max_size: crate::config::defaults::UPSTREAM_MAX_SIZE,
+            idle_timeout: crate::config::defaults::UPSTREAM_IDLE_TIMEOUT,
+            connect_timeout: crate::config::defaults::UPSTREAM_CONNECT_TIMEOUT,
+            request_timeout: crate::config::defaults::UPSTREAM_REQUEST_TIMEOUT,
+            tls: None,
+        }]
+    };
     Ok(Config {
         path: PathBuf::new(),
         server: ServerSection {
@@ -355,13 +397,14 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
             cache_dir: args.cache_dir.clone(),
             watch: args.watch,
         },
+        admin: args.admin,
         listeners: vec![ListenerSpec {
+            upstreams: upstreams.iter().map(|u| u.name.clone()).collect(),
             name: "default".into(),
             address,
             plugin,
             framing,
             max_frame: args.max_frame,
-            upstreams: Vec::new(),
             tls,
             sni_plugins: Vec::new(),
             limits: Limits {
@@ -376,6 +419,7 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
             },
             plugin_config: Default::default(),
         }],
+        upstreams,
     })
 }
 
@@ -406,6 +450,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         drain_timeout: config.server.drain_timeout,
     };
     let watch = config.server.watch;
+    let admin = config.admin;
     let source = args.config.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -418,6 +463,16 @@ fn serve(args: ServeArgs) -> Result<()> {
             server.shutdown().await;
             return Err(err);
         }
+        let stop_admin = tokio_util::sync::CancellationToken::new();
+        if let Some(addr) = admin {
+            match crate::admin::start(addr, deployer.clone(), stop_admin.clone()).await {
+                Ok(bound) => eprintln!("pier: admin on {bound}"),
+                Err(err) => {
+                    server.shutdown().await;
+                    return Err(err.context("admin endpoint"));
+                }
+            }
+        }
         if let Some(path) = &args.pid_file {
             std::fs::write(path, format!("{}\n", std::process::id()))
                 .with_context(|| format!("cannot write the pid file {}", path.display()))?;
@@ -427,6 +482,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             tokio::spawn(crate::deploy::watch_plugins(deployer.clone()));
         }
         shutdown_signal().await;
+        stop_admin.cancel();
         server.shutdown().await;
         if let Some(path) = &args.pid_file {
             let _ = std::fs::remove_file(path);
@@ -571,6 +627,34 @@ fn send(args: SendArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if args.repeat > 1 || args.concurrency > 1 {
+        let summary = rt.block_on(crate::client::repeat(
+            crate::client::Repeat {
+                addr: args.addr.clone(),
+                framing: args.framing,
+                max_frame: args.max_frame,
+                timeout: args.timeout,
+                requests: args.repeat,
+                concurrency: args.concurrency,
+                tls: &args.tls,
+            },
+            message,
+        ))?;
+        let mut stdout = std::io::stdout().lock();
+        if let Some(reply) = &summary.first_reply {
+            print_reply(&mut stdout, reply, args.hex)?;
+        }
+        writeln!(stdout, "{summary}")?;
+        stdout.flush()?;
+        if summary.failed() > 0 {
+            bail!(
+                "{} of {} requests failed",
+                summary.failed(),
+                summary.requests
+            );
+        }
+        return Ok(());
+    }
     let tls = args.tls.connector(&args.addr)?;
     let reply = rt.block_on(crate::client::send_one(
         &args.addr,
@@ -581,15 +665,21 @@ fn send(args: SendArgs) -> Result<()> {
         tls,
     ))?;
     let mut stdout = std::io::stdout().lock();
-    if args.hex {
-        writeln!(stdout, "{}", hex::encode(&reply))?;
+    print_reply(&mut stdout, &reply, args.hex)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Prints a reply frame, as hex with `--hex`, else as it is with a newline added if missing.
+fn print_reply(out: &mut impl Write, reply: &[u8], hex: bool) -> Result<()> {
+    if hex {
+        writeln!(out, "{}", hex::encode(reply))?;
     } else {
-        stdout.write_all(&reply)?;
+        out.write_all(reply)?;
         if !reply.ends_with(b"\n") {
-            stdout.write_all(b"\n")?;
+            out.write_all(b"\n")?;
         }
     }
-    stdout.flush()?;
     Ok(())
 }
 

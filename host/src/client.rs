@@ -259,3 +259,152 @@ pub async fn interactive(
         }
     }
 }
+
+/// What `pier send --repeat N --concurrency K` does.
+pub struct Repeat<'a> {
+    /// Server address.
+    pub addr: String,
+    /// How frames are delimited.
+    pub framing: Framing,
+    /// Largest reply accepted.
+    pub max_frame: usize,
+    /// Per request: waiting for a connection, sending, the reply.
+    pub timeout: Duration,
+    /// How many requests in all.
+    pub requests: u64,
+    /// How many at once (and so pooled connections at most).
+    pub concurrency: u64,
+    /// TLS options.
+    pub tls: &'a crate::tls::client::ClientTlsArgs,
+}
+
+/// What a repeated send did.
+#[derive(Debug)]
+pub struct RepeatSummary {
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests in flight at once.
+    pub concurrency: u64,
+    /// Replies received.
+    pub ok: u64,
+    /// Failures by reason.
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Connections the pool opened (at most `concurrency` unless the server closed some).
+    pub opened: u64,
+    /// The first reply, printed like a single send's.
+    pub first_reply: Option<Bytes>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Median and 99th percentile request latency.
+    pub p50: Duration,
+    /// See `p50`.
+    pub p99: Duration,
+}
+
+impl RepeatSummary {
+    /// Requests that got no reply.
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+}
+
+impl std::fmt::Display for RepeatSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "pier send: {} requests, {} at a time over pooled connections ({} opened): {} ok, {} failed",
+            self.requests,
+            self.concurrency,
+            self.opened,
+            self.ok,
+            self.failed()
+        )?;
+        for (reason, n) in &self.failures {
+            write!(f, " ({n} {reason})")?;
+        }
+        write!(
+            f,
+            " in {:.2?} ({rate:.0} req/s), latency p50 {:.2?} p99 {:.2?}",
+            self.elapsed, self.p50, self.p99
+        )
+    }
+}
+
+/// Sends `message` `requests` times with `concurrency` in flight over one connection pool —
+/// the same pool plugins use for upstreams, so connections are reused, never more than
+/// `concurrency` are open, and a connection the server closed is replaced, not reused.
+pub async fn repeat(args: Repeat<'_>, message: Vec<u8>) -> anyhow::Result<RepeatSummary> {
+    use crate::upstream::{Pool, UpstreamSpec, UpstreamTls};
+    let tls = args.tls.tls.then(|| UpstreamTls {
+        ca: args.tls.ca.clone(),
+        cert: args.tls.cert.clone(),
+        key: args.tls.key.clone(),
+        server_name: args.tls.server_name.clone(),
+        verify: !args.tls.insecure,
+    });
+    let pool = Pool::new(UpstreamSpec {
+        name: "send".into(),
+        addresses: vec![args.addr.clone()],
+        framing: args.framing,
+        max_frame: args.max_frame,
+        max_size: usize::try_from(args.concurrency).unwrap_or(usize::MAX),
+        idle_timeout: Duration::from_secs(3600),
+        connect_timeout: args.timeout,
+        request_timeout: args.timeout,
+        tls,
+    })?;
+    let message = Bytes::from(message);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency.min(args.requests) {
+        let (pool, message, next) = (pool.clone(), message.clone(), next.clone());
+        let total = args.requests;
+        tasks.spawn(async move {
+            let mut results = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let sent = std::time::Instant::now();
+                let result = pool.request(message.clone()).await;
+                results.push((result, sent.elapsed()));
+            }
+            results
+        });
+    }
+    let mut summary = RepeatSummary {
+        requests: args.requests,
+        concurrency: args.concurrency,
+        ok: 0,
+        failures: Default::default(),
+        opened: 0,
+        first_reply: None,
+        elapsed: Duration::ZERO,
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+    };
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        for (result, took) in done.unwrap_or_default() {
+            latencies.push(took);
+            match result {
+                Ok(reply) => {
+                    summary.ok += 1;
+                    summary.first_reply.get_or_insert(reply);
+                }
+                Err(err) => *summary.failures.entry(err.name()).or_default() += 1,
+            }
+        }
+    }
+    summary.elapsed = started.elapsed();
+    summary.opened = pool.opened();
+    latencies.sort();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    summary.p50 = at(0.5);
+    summary.p99 = at(0.99);
+    Ok(summary)
+}

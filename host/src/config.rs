@@ -20,6 +20,7 @@ use crate::hub::SlowConsumer;
 use crate::listener::{DEFAULT_WRITE_QUEUE, Limits};
 use crate::runtime::{InstanceLimits, PluginConfig};
 use crate::tls::{SniCert, TlsOptions};
+use crate::upstream::{UpstreamSpec, UpstreamTls};
 
 /// Defaults that apply when pier.toml does not say.
 pub mod defaults {
@@ -35,6 +36,14 @@ pub mod defaults {
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// `server.drain_timeout`.
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `upstream.max_size`.
+    pub const UPSTREAM_MAX_SIZE: usize = 10;
+    /// `upstream.idle_timeout`.
+    pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `upstream.connect_timeout`.
+    pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// `upstream.request_timeout`.
+    pub const UPSTREAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 /// A validated pier.toml.
@@ -44,6 +53,10 @@ pub struct Config {
     pub path: PathBuf,
     /// Process-wide settings.
     pub server: ServerSection,
+    /// `[admin] address`: where the admin endpoint listens (off when `None`).
+    pub admin: Option<SocketAddr>,
+    /// The `[[upstream]]`s, in file order.
+    pub upstreams: Vec<UpstreamSpec>,
     /// The listeners (tenants), in file order.
     pub listeners: Vec<ListenerSpec>,
 }
@@ -191,7 +204,41 @@ struct RawConfig {
     #[serde(default)]
     server: RawServer,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     listener: Vec<RawListener>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    addresses: Vec<String>,
+    framing: Option<String>,
+    max_frame: Option<RawSize>,
+    max_size: Option<usize>,
+    idle_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+    verify: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -303,12 +350,23 @@ impl Config {
         if raw.listener.is_empty() {
             bail!("no [[listener]] sections: nothing to serve");
         }
+        let mut upstreams: Vec<UpstreamSpec> = Vec::new();
+        for raw in raw.upstream {
+            let name = raw.name.clone();
+            let spec = upstream(raw, &base).with_context(|| format!("upstream `{name}`"))?;
+            if upstreams.iter().any(|u| u.name == spec.name) {
+                bail!("upstream `{}` is defined twice", spec.name);
+            }
+            upstreams.push(spec);
+        }
+        let defined: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
         let mut listeners = Vec::new();
         for raw in raw.listener {
             let name = raw.name.clone();
-            let spec = listener(raw, &base).with_context(|| format!("listener `{name}`"))?;
+            let spec =
+                listener(raw, &base, &defined).with_context(|| format!("listener `{name}`"))?;
             if !names.insert(spec.name.clone()) {
                 bail!("listener `{}` is defined twice", spec.name);
             }
@@ -321,10 +379,19 @@ impl Config {
             }
             listeners.push(spec);
         }
+        let admin = match raw.admin.address {
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|e| anyhow!("admin.address: `{text}` is not IP:PORT ({e})"))?,
+            ),
+            None => None,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             server,
+            admin,
             listeners,
+            upstreams,
         })
     }
 
@@ -338,15 +405,8 @@ impl Config {
     }
 }
 
-fn listener(raw: RawListener, base: &Path) -> Result<ListenerSpec> {
-    if raw.name.is_empty()
-        || !raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    {
-        bail!("name: use letters, digits, `-`, `_` and `.` only");
-    }
+fn listener(raw: RawListener, base: &Path, defined: &HashSet<&str>) -> Result<ListenerSpec> {
+    valid_name(&raw.name)?;
     let address = resolve_address(&raw.address).context("address")?;
     let plugin = PluginRef::parse(&raw.plugin, base).context("plugin")?;
     let framing = match raw.framing.as_deref() {
@@ -360,8 +420,17 @@ fn listener(raw: RawListener, base: &Path) -> Result<ListenerSpec> {
     if max_frame == 0 {
         bail!("max_frame: must be at least 1 byte");
     }
-    if let Some(unknown) = raw.upstreams.first() {
+    if let Some(unknown) = raw.upstreams.iter().find(|u| !defined.contains(u.as_str())) {
         bail!("upstreams: no upstream named `{unknown}` is defined");
+    }
+    if let Some(twice) = raw
+        .upstreams
+        .iter()
+        .enumerate()
+        .find(|(i, u)| raw.upstreams[..*i].contains(u))
+        .map(|(_, u)| u)
+    {
+        bail!("upstreams: `{twice}` is granted twice");
     }
     let limits = limits(&raw.limits)?;
     let (tls, sni_plugins) = match raw.tls {
@@ -393,6 +462,98 @@ fn listener(raw: RawListener, base: &Path) -> Result<ListenerSpec> {
         sni_plugins,
         limits,
         plugin_config,
+    })
+}
+
+fn valid_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        bail!("name: use letters, digits, `-`, `_` and `.` only");
+    }
+    Ok(())
+}
+
+fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamSpec> {
+    valid_name(&raw.name)?;
+    if raw.addresses.is_empty() {
+        bail!("addresses: list at least one host:port");
+    }
+    for address in &raw.addresses {
+        match address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => bail!("addresses: `{address}` is not host:port"),
+        }
+    }
+    let framing: Framing = match raw.framing.as_deref() {
+        Some(f) => f.parse().map_err(|e: String| anyhow!("framing: {e}"))?,
+        None => Framing::Lines,
+    };
+    if framing == Framing::Http {
+        bail!("framing: upstreams use raw, lines or length-prefixed");
+    }
+    let max_frame = match &raw.max_frame {
+        Some(s) => s.bytes().map_err(|e| anyhow!("max_frame: {e}"))?,
+        None => defaults::MAX_FRAME,
+    };
+    if max_frame == 0 {
+        bail!("max_frame: must be at least 1 byte");
+    }
+    let max_size = match raw.max_size {
+        Some(0) => bail!("max_size: must be at least 1"),
+        Some(n) => n,
+        None => defaults::UPSTREAM_MAX_SIZE,
+    };
+    let duration = |text: Option<&str>, key: &str, default: Duration| -> Result<Duration> {
+        match opt_duration(text, key)? {
+            Some(d) if d.is_zero() => bail!("{key}: must be more than zero"),
+            Some(d) => Ok(d),
+            None => Ok(default),
+        }
+    };
+    let tls = match raw.tls {
+        None => None,
+        Some(tls) => {
+            let verify = tls.verify.unwrap_or(true);
+            if verify && tls.ca.is_none() {
+                bail!("tls.ca: needed to verify the upstream (or set tls.verify = false)");
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                bail!("tls: cert and key go together");
+            }
+            Some(UpstreamTls {
+                ca: tls.ca.map(|p| base.join(p)),
+                cert: tls.cert.map(|p| base.join(p)),
+                key: tls.key.map(|p| base.join(p)),
+                server_name: tls.server_name,
+                verify,
+            })
+        }
+    };
+    Ok(UpstreamSpec {
+        name: raw.name,
+        addresses: raw.addresses,
+        framing,
+        max_frame,
+        max_size,
+        idle_timeout: duration(
+            raw.idle_timeout.as_deref(),
+            "idle_timeout",
+            defaults::UPSTREAM_IDLE_TIMEOUT,
+        )?,
+        connect_timeout: duration(
+            raw.connect_timeout.as_deref(),
+            "connect_timeout",
+            defaults::UPSTREAM_CONNECT_TIMEOUT,
+        )?,
+        request_timeout: duration(
+            raw.request_timeout.as_deref(),
+            "request_timeout",
+            defaults::UPSTREAM_REQUEST_TIMEOUT,
+        )?,
+        tls,
     })
 }
 
@@ -516,10 +677,92 @@ mod tests {
     fn the_example_config_is_valid() {
         let text = include_str!("../../examples/pier.toml");
         let config = Config::parse(text, Path::new("examples/pier.toml")).expect("valid");
-        assert_eq!(config.listeners.len(), 4);
+        assert_eq!(config.listeners.len(), 5);
+        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(config.listeners[4].upstreams, ["echo-backend"]);
+        assert_eq!(
+            config.admin,
+            Some("127.0.0.1:9090".parse().expect("address"))
+        );
         assert_eq!(
             config.listeners[0].limits.slow_consumer,
             SlowConsumer::Close
+        );
+    }
+
+    #[test]
+    fn upstreams_are_read_checked_and_granted_by_name() {
+        let config = parse(
+            r#"
+            [[upstream]]
+            name = "backend"
+            addresses = ["127.0.0.1:9000", "localhost:9001"]
+            framing = "length-prefixed"
+            max_size = 3
+            idle_timeout = "2s"
+            connect_timeout = "250ms"
+            request_timeout = "1s"
+            [upstream.tls]
+            ca = "ca.pem"
+            cert = "client.pem"
+            key = "client-key.pem"
+            server_name = "backend.test"
+
+            [[listener]]
+            name = "front"
+            address = "127.0.0.1:0"
+            plugin = "proxy"
+            upstreams = ["backend"]
+            "#,
+        )
+        .expect("valid");
+        let up = &config.upstreams[0];
+        assert_eq!(up.addresses.len(), 2);
+        assert_eq!(up.framing, Framing::LengthPrefixed);
+        assert_eq!(up.max_size, 3);
+        assert_eq!(up.idle_timeout, Duration::from_secs(2));
+        assert_eq!(up.connect_timeout, Duration::from_millis(250));
+        assert_eq!(up.request_timeout, Duration::from_secs(1));
+        let tls = up.tls.as_ref().expect("tls");
+        assert_eq!(tls.ca.as_deref(), Some(Path::new("/tmp/ca.pem")));
+        assert!(tls.verify);
+        assert_eq!(config.listeners[0].upstreams, ["backend"]);
+
+        let refused = |text: &str, needle: &str| {
+            let err = format!("{:#}", parse(text).expect_err("refused"));
+            assert!(err.contains(needle), "`{needle}` not in: {err}");
+        };
+        let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\nplugin = \"echo\"\n";
+        refused(
+            &format!("{listener}upstreams = [\"nope\"]"),
+            "no upstream named `nope`",
+        );
+        let up = |body: &str| format!("[[upstream]]\nname = \"u\"\n{body}\n{listener}");
+        refused(&up("addresses = []"), "at least one host:port");
+        refused(&up("addresses = [\"nohost\"]"), "is not host:port");
+        refused(&up("addresses = [\"a:1\"]\nmax_size = 0"), "max_size");
+        refused(
+            &up("addresses = [\"a:1\"]\nframing = \"http\""),
+            "raw, lines or length-prefixed",
+        );
+        refused(
+            &up("addresses = [\"a:1\"]\nidle_timeout = \"0s\""),
+            "idle_timeout",
+        );
+        refused(
+            &up("addresses = [\"a:1\"]\n[upstream.tls]\nverify = true"),
+            "tls.ca",
+        );
+        refused(
+            &up("addresses = [\"a:1\"]\ncolour = 1"),
+            "unknown field `colour`",
+        );
+        refused(
+            &format!(
+                "[[upstream]]\nname = \"u\"\naddresses = [\"a:1\"]\n{}",
+                up("addresses = [\"a:1\"]")
+            ),
+            "defined twice",
         );
     }
 

@@ -26,9 +26,10 @@ use crate::hub::{
     ConnectionId, Control, Delivery, Hub, Mailbox, PeerInfo, Tally, TimerId, next_connection_id,
 };
 use crate::listener::ListenerShared;
-use crate::runtime::Fault;
+use crate::metrics::ListenerMetrics;
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
+use crate::runtime::{Deployment, Fault, PluginSlot};
 use crate::tls::{TlsInfo, TlsListener};
 use crate::transport::Transport;
 use crate::worker::{Instances, Job, TenantInstances};
@@ -78,7 +79,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             None => (Transport::Plain(stream), None),
             // Boxed: the handshake future embeds a whole rustls connection, and unboxed it
             // would enlarge every connection task, TLS or not, for its whole life.
-            Some(tls) => match Box::pin(handshake(tls, stream)).await {
+            Some(tls) => match Box::pin(handshake(tls, stream, &listener.metrics)).await {
                 Some((stream, info)) => (Transport::Tls(Box::new(stream)), Some(Box::new(info))),
                 None => return,
             },
@@ -114,7 +115,10 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         let registration = Registration {
             hub: listener.hub.clone(),
             id,
+            open: listener.metrics.open.clone(),
         };
+        listener.metrics.accepted.inc();
+        registration.open.inc();
         debug!("connected");
         let mut conn = Connection {
             id,
@@ -137,6 +141,8 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             timer_slots: HashMap::new(),
             batch: Vec::new(),
             tally: Tally::default(),
+            slot: listener.slot.clone(),
+            deployment: listener.slot.current(),
         };
 
         let opened = conn.instances.lease().await.on_open(&record).await;
@@ -179,6 +185,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
 async fn handshake(
     tls: &TlsListener,
     stream: TcpStream,
+    metrics: &ListenerMetrics,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, TlsInfo)> {
     let timeout = tls.handshake_timeout();
     match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
@@ -188,12 +195,18 @@ async fn handshake(
         }
         Ok(Err(err)) => {
             tls.failed();
-            warn!("TLS handshake failed: {err}");
+            let reason = crate::tls::failure_reason(&err);
+            metrics.tls_failure(reason);
+            warn!(reason, "TLS handshake failed: {err}");
             None
         }
         Err(_) => {
             tls.failed();
-            warn!("TLS handshake timed out after {timeout:?}");
+            metrics.tls_failure("timeout");
+            warn!(
+                reason = "timeout",
+                "TLS handshake timed out after {timeout:?}"
+            );
             None
         }
     }
@@ -203,11 +216,14 @@ async fn handshake(
 struct Registration {
     hub: Arc<dyn Hub>,
     id: ConnectionId,
+    /// The listener's `pier_connections_open`, decremented with the unregistration.
+    open: prometheus::IntGauge,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.unregister(self.id);
+        self.open.dec();
     }
 }
 
@@ -292,6 +308,10 @@ struct Connection {
     batch: Vec<Bytes>,
     /// Traffic not yet added to the shared counters.
     tally: Tally,
+    /// Where the listener's plugin version is published, and the version whose metrics this
+    /// connection's traffic counts under.
+    slot: Arc<PluginSlot>,
+    deployment: Arc<Deployment>,
 }
 
 /// Why the main loop stopped.
@@ -414,7 +434,7 @@ impl Connection {
         }
         let full = batch.len() >= MAX_BATCH;
         // Report what arrived before the plugin runs, so its stats include these frames.
-        self.mailbox.meter.record(&mut self.tally);
+        self.report_traffic();
         let handled = self.handle_batch(&batch).await;
         batch.clear();
         // Keep a small batch allocation for the next read, not a large one for an idle connection.
@@ -548,6 +568,19 @@ impl Connection {
         }
     }
 
+    /// Adds the traffic counted since the last report to the connection's, the listener's and
+    /// the serving plugin version's counters.
+    fn report_traffic(&mut self) {
+        if self.slot.generation() != self.deployment.generation {
+            self.deployment = self.slot.current();
+        }
+        let t = &self.tally;
+        self.deployment
+            .metrics
+            .traffic(t.frames_in, t.frames_out, t.bytes_in, t.bytes_out);
+        self.mailbox.meter.record(&mut self.tally);
+    }
+
     fn count_out(&mut self, bytes: usize) {
         self.tally.frames_out += 1;
         self.tally.bytes_out += bytes as u64;
@@ -570,7 +603,7 @@ impl Connection {
 
     /// Writes the write buffer out, giving up if the drain deadline passes.
     async fn flush(&mut self) -> Result<(), Closed> {
-        self.mailbox.meter.record(&mut self.tally);
+        self.report_traffic();
         if self.write_buf.is_empty() {
             return Ok(());
         }

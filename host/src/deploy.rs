@@ -30,6 +30,7 @@ use crate::listener::{ListenerSettings, ListenerShared};
 use crate::runtime::{LoadedPlugin, Runtime};
 use crate::server::Server;
 use crate::tls::TlsListener;
+use crate::upstream::{Grants, Pool};
 
 /// How long file events are collected before a reload, so an editor's write-rename-chmod
 /// sequence (or a `cargo build` writing the file in pieces) causes one reload.
@@ -43,10 +44,13 @@ pub struct Deployer {
     current: Mutex<Config>,
     /// Where SIGHUP re-reads the config from (`None`: the command line made it).
     source: Option<PathBuf>,
+    /// The upstream pools of the config in force, by name; a reload keeps a pool whose
+    /// settings did not change, with its connections.
+    pools: std::sync::Mutex<HashMap<String, Arc<Pool>>>,
 }
 
 /// What a reload did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadReport {
     /// Listeners started.
     pub added: Vec<String>,
@@ -71,6 +75,7 @@ impl Deployer {
             server,
             current: Mutex::new(config),
             source,
+            pools: Default::default(),
         })
     }
 
@@ -82,9 +87,11 @@ impl Deployer {
     /// Starts every listener of the config; the first failure stops start-up.
     pub async fn start(&self) -> Result<Vec<(ListenerSpec, SocketAddr)>> {
         let config = self.current.lock().await.clone();
+        let pools = self.build_pools(&config)?;
+        *lock(&self.pools) = pools.clone();
         let mut started = Vec::new();
         for spec in &config.listeners {
-            let launched = match self.prepare(spec).await {
+            let launched = match self.prepare(spec, &pools).await {
                 Ok(prepared) => self.launch(spec, prepared).await,
                 Err(err) => Err(err),
             };
@@ -104,6 +111,12 @@ impl Deployer {
     /// Re-reads the config file (or, without one, re-reads the plugin files and certificates)
     /// and applies the differences.
     pub async fn reload(&self) -> Result<ReloadReport> {
+        let result = self.reread_and_apply().await;
+        crate::metrics::config_reload(result.is_ok());
+        result
+    }
+
+    async fn reread_and_apply(&self) -> Result<ReloadReport> {
         let next = match &self.source {
             Some(path) => {
                 let path = path.clone();
@@ -123,13 +136,18 @@ impl Deployer {
         if next.server != current.server {
             warn!("[server] settings changed; they take effect at the next restart");
         }
+        if next.admin.is_some() && next.admin != current.admin {
+            warn!("[admin] address changed; it takes effect at the next restart");
+        }
         let old: HashMap<&str, &ListenerSpec> = current
             .listeners
             .iter()
             .map(|l| (l.name.as_str(), l))
             .collect();
         let mut report = ReloadReport::default();
-        // Prepare: compile every plugin and load every certificate the new config needs.
+        // Prepare: build the upstream pools, compile every plugin and load every certificate
+        // the new config needs.
+        let pools = self.build_pools(&next)?;
         let mut plans = Vec::new();
         for spec in &next.listeners {
             // A listener of the old config that is not running (its start or restart failed,
@@ -137,10 +155,16 @@ impl Deployer {
             let running = self.server.listener(&spec.name).is_some();
             let plan = match old.get(spec.name.as_str()) {
                 Some(before) if running && before.same_socket_settings(spec) => {
-                    Plan::Swap(self.prepare_swap(spec).await?)
+                    match self.prepare_swap(spec).await {
+                        Ok(swaps) => Plan::Swap(swaps, grants(spec, &pools)),
+                        Err(err) => {
+                            crate::metrics::plugin_reload(&spec.name, false);
+                            return Err(err);
+                        }
+                    }
                 }
-                Some(_) if running => Plan::Restart(self.prepare(spec).await?),
-                _ => Plan::Add(self.prepare(spec).await?),
+                Some(_) if running => Plan::Restart(self.prepare(spec, &pools).await?),
+                _ => Plan::Add(self.prepare(spec, &pools).await?),
             };
             plans.push((spec, plan));
         }
@@ -153,10 +177,14 @@ impl Deployer {
         }
         for (spec, plan) in plans {
             match plan {
-                Plan::Swap(swaps) => {
+                Plan::Swap(swaps, grants) => {
                     let Some(shared) = self.server.listener(&spec.name) else {
                         continue;
                     };
+                    shared.ctx.upstreams.replace(grants.clone());
+                    for (_, route) in &shared.routes {
+                        route.ctx.upstreams.replace(grants.clone());
+                    }
                     if let Some(tls) = &shared.tls {
                         match tls.reload() {
                             Ok(()) => eprintln!("pier: SIGHUP: TLS certificates reloaded"),
@@ -186,8 +214,24 @@ impl Deployer {
                 },
             }
         }
+        *lock(&self.pools) = pools;
         *current = next;
         Ok(report)
+    }
+
+    /// The pools `config` needs: those of the running config whose settings did not change,
+    /// new ones for the rest.
+    fn build_pools(&self, config: &Config) -> Result<HashMap<String, Arc<Pool>>> {
+        let running = lock(&self.pools).clone();
+        let mut pools = HashMap::new();
+        for spec in &config.upstreams {
+            let pool = match running.get(&spec.name) {
+                Some(pool) if pool.spec() == spec => pool.clone(),
+                _ => Pool::new(spec.clone())?,
+            };
+            pools.insert(spec.name.clone(), pool);
+        }
+        Ok(pools)
     }
 
     /// Reloads the plugins of every listener that uses one of `files`.
@@ -214,10 +258,13 @@ impl Deployer {
                         }
                     }
                 }
-                Err(err) => error!(
-                    listener = %spec.name,
-                    "reload refused, the old version keeps serving: {err:#}"
-                ),
+                Err(err) => {
+                    crate::metrics::plugin_reload(&spec.name, false);
+                    error!(
+                        listener = %spec.name,
+                        "reload refused, the old version keeps serving: {err:#}"
+                    )
+                }
             }
         }
         report
@@ -238,7 +285,7 @@ impl Deployer {
     /// threads must not do), refusing one that asks for more than the listener grants.
     async fn load(&self, spec: &ListenerSpec, plugin: &PluginRef) -> Result<Arc<LoadedPlugin>> {
         let loaded = self.compile(plugin).await?;
-        check_grants(&spec.name, &loaded)?;
+        check_grants(spec, &loaded)?;
         Ok(loaded)
     }
 
@@ -257,7 +304,11 @@ impl Deployer {
     }
 
     /// Loads what a new or restarted listener needs.
-    async fn prepare(&self, spec: &ListenerSpec) -> Result<Prepared> {
+    async fn prepare(
+        &self,
+        spec: &ListenerSpec,
+        pools: &HashMap<String, Arc<Pool>>,
+    ) -> Result<Prepared> {
         self.check_limits(spec)?;
         let plugin = self.load(spec, &spec.plugin).await?;
         let mut routes = Vec::new();
@@ -272,6 +323,7 @@ impl Deployer {
             plugin,
             routes,
             tls,
+            grants: grants(spec, pools),
         })
     }
 
@@ -315,6 +367,7 @@ impl Deployer {
             max_frame: spec.max_frame,
             limits: spec.limits.clone(),
             plugin_config: spec.plugin_config.clone(),
+            upstreams: prepared.grants.clone(),
         };
         let routes = prepared
             .routes
@@ -356,11 +409,12 @@ struct Prepared {
     plugin: Arc<LoadedPlugin>,
     routes: Vec<(String, Arc<LoadedPlugin>)>,
     tls: Option<Arc<TlsListener>>,
+    grants: Grants,
 }
 
 /// What a reload does to one listener.
 enum Plan {
-    Swap(Vec<Swap>),
+    Swap(Vec<Swap>, Grants),
     Restart(Prepared),
     Add(Prepared),
 }
@@ -390,6 +444,7 @@ impl Swap {
         }
         let started = Instant::now();
         let generation = target.slot.swap(self.plugin.clone(), self.config);
+        crate::metrics::plugin_reload(&target.name, true);
         info!(
             listener = %target.name,
             from = %format!("{}@{}", current.plugin.name, current.plugin.version),
@@ -405,10 +460,23 @@ impl Swap {
 }
 
 /// Refuses a plugin that imports a capability the listener does not grant, naming each one.
-/// Every listener grants the `pier:plugin` interfaces and deny-by-default WASI 0.2; anything
-/// else (`wasi:http`, `wasi:keyvalue`, ...) is not granted. Upstreams will be granted per
-/// listener by the outbound-pool work.
-fn check_grants(listener: &str, plugin: &LoadedPlugin) -> Result<()> {
+/// Every listener grants the `pier:plugin` interfaces and deny-by-default WASI 0.2;
+/// `pier:plugin/upstream` only when it grants at least one upstream; anything else
+/// (`wasi:http`, `wasi:keyvalue`, ...) is not granted.
+fn check_grants(spec: &ListenerSpec, plugin: &LoadedPlugin) -> Result<()> {
+    let listener = &spec.name;
+    if spec.upstreams.is_empty()
+        && let Some(import) = plugin
+            .imports
+            .iter()
+            .find(|i| i.starts_with("pier:plugin/upstream"))
+    {
+        return Err(anyhow!(
+            "plugin {} imports {import}, but listener `{listener}` grants no upstreams \
+             (grant some with `upstreams = [\"NAME\"]` and an [[upstream]] section)",
+            plugin.name
+        ));
+    }
     let missing: Vec<&str> = plugin.stubbed_imports().collect();
     if missing.is_empty() {
         return Ok(());
@@ -419,6 +487,18 @@ fn check_grants(listener: &str, plugin: &LoadedPlugin) -> Result<()> {
         plugin.name,
         missing.join(", ")
     ))
+}
+
+/// The pools `spec` grants, in its `upstreams` order (the config check made sure each exists).
+fn grants(spec: &ListenerSpec, pools: &HashMap<String, Arc<Pool>>) -> Grants {
+    spec.upstreams
+        .iter()
+        .filter_map(|name| Some((name.clone(), pools.get(name)?.clone())))
+        .collect()
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn plugin_files(spec: &ListenerSpec) -> impl Iterator<Item = &PathBuf> {

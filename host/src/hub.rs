@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use prometheus::IntCounter;
 use tokio::sync::Notify;
 
 /// Identifies a connection; unique for the process lifetime and never reused.
@@ -436,16 +437,22 @@ impl Entry {
         !self.closing.load(Ordering::Relaxed)
     }
 
-    fn queue(&self, frame: Bytes, limit: usize, policy: SlowConsumer) -> Result<(), SendError> {
+    fn queue(&self, frame: Bytes, rules: &QueueRules) -> Result<(), SendError> {
         if !self.is_open() || self.close_requested.load(Ordering::Relaxed) {
             return Err(SendError::Closing);
         }
-        if self.inbox.frames.fetch_add(1, Ordering::Relaxed) >= limit {
+        if self.inbox.frames.fetch_add(1, Ordering::Relaxed) >= rules.limit {
             self.inbox.frames.fetch_sub(1, Ordering::Relaxed);
-            if policy == SlowConsumer::Close && !self.inbox.evicted.swap(true, Ordering::AcqRel) {
-                self.close_requested.store(true, Ordering::Relaxed);
-                self.inbox.evict.notify_one();
-                self.inbox.ready.notify_one();
+            match rules.policy {
+                SlowConsumer::Drop => rules.dropped.inc(),
+                SlowConsumer::Close => {
+                    if !self.inbox.evicted.swap(true, Ordering::AcqRel) {
+                        rules.closed.inc();
+                        self.close_requested.store(true, Ordering::Relaxed);
+                        self.inbox.evict.notify_one();
+                        self.inbox.ready.notify_one();
+                    }
+                }
             }
             return Err(SendError::QueueFull);
         }
@@ -476,6 +483,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A listener's write-queue limit and slow-consumer policy.
+struct QueueRules {
+    /// Frames a connection may have queued but not yet written; beyond it sends fail with
+    /// `QueueFull` so a client that does not read cannot make the host buffer without bound.
+    limit: usize,
+    /// What a full write queue does.
+    policy: SlowConsumer,
+    /// Frames dropped under [`SlowConsumer::Drop`].
+    dropped: IntCounter,
+    /// Connections closed under [`SlowConsumer::Close`].
+    closed: IntCounter,
+}
+
 /// The in-process [`Hub`].
 pub struct LocalHub {
     /// Every registered connection (open or closing). Read-mostly.
@@ -484,13 +504,10 @@ pub struct LocalHub {
     groups: RwLock<HashMap<String, HashSet<ConnectionId>>>,
     /// Timer → its connection, so `cancel` can find the task that owns the timer.
     timer_owners: Mutex<HashMap<TimerId, ConnectionId>>,
-    /// Frames a connection may have queued but not yet written; beyond it sends fail with
-    /// `QueueFull` so a client that does not read cannot make the host buffer without bound.
-    write_queue: usize,
+    /// How deep a connection's write queue may get and what happens beyond.
+    full: QueueRules,
     /// The listener's maximum frame size.
     max_frame: usize,
-    /// What a full write queue does.
-    slow_consumer: SlowConsumer,
     /// Listener-wide traffic.
     totals: Arc<Counters>,
     /// Connections accepted since start.
@@ -511,17 +528,29 @@ impl LocalHub {
     /// An empty registry with the given slow-consumer policy.
     pub fn with_policy(write_queue: usize, max_frame: usize, slow_consumer: SlowConsumer) -> Self {
         LocalHub {
-            slow_consumer,
+            full: QueueRules {
+                limit: write_queue.max(1),
+                policy: slow_consumer,
+                dropped: crate::metrics::detached_counter(),
+                closed: crate::metrics::detached_counter(),
+            },
             entries: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             timer_owners: Mutex::new(HashMap::new()),
-            write_queue: write_queue.max(1),
             max_frame,
             totals: Arc::new(Counters::default()),
             accepted: AtomicU64::new(0),
             started_at: SystemTime::now(),
             started: Instant::now(),
         }
+    }
+
+    /// Counts frames dropped and connections closed by the slow-consumer policy in the given
+    /// counters.
+    pub fn counting_full_queues(mut self, dropped: IntCounter, closed: IntCounter) -> Self {
+        self.full.dropped = dropped;
+        self.full.closed = closed;
+        self
     }
 
     fn read(&self) -> RwLockReadGuard<'_, HashMap<ConnectionId, Entry>> {
@@ -617,7 +646,7 @@ impl Hub for LocalHub {
         }
         let entries = self.read();
         let entry = entries.get(&to).ok_or(SendError::UnknownConnection)?;
-        entry.queue(frame, self.write_queue, self.slow_consumer)
+        entry.queue(frame, &self.full)
     }
 
     fn broadcast(&self, frame: Bytes, except: Option<ConnectionId>) -> u32 {
@@ -628,11 +657,7 @@ impl Hub for LocalHub {
         let delivered = entries
             .iter()
             .filter(|(id, _)| Some(**id) != except)
-            .filter(|(_, entry)| {
-                entry
-                    .queue(frame.clone(), self.write_queue, self.slow_consumer)
-                    .is_ok()
-            })
+            .filter(|(_, entry)| entry.queue(frame.clone(), &self.full).is_ok())
             .count();
         u32::try_from(delivered).unwrap_or(u32::MAX)
     }
@@ -784,11 +809,7 @@ impl Hub for LocalHub {
             .iter()
             .filter(|id| Some(**id) != except)
             .filter_map(|id| entries.get(id))
-            .filter(|entry| {
-                entry
-                    .queue(frame.clone(), self.write_queue, self.slow_consumer)
-                    .is_ok()
-            })
+            .filter(|entry| entry.queue(frame.clone(), &self.full).is_ok())
             .count();
         u32::try_from(delivered).unwrap_or(u32::MAX)
     }

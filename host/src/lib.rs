@@ -9,6 +9,10 @@
 //! - [`config`]: pier.toml — parsing and validating every value before anything binds.
 //! - [`deploy`]: running a config's listeners; reloads (SIGHUP, file watching) and hot swaps.
 //! - [`server`]: the worker pool and the accept loops of any number of listeners, drain.
+//! - [`admin`]: the admin HTTP endpoint (`/metrics`, `/healthz`, `/plugins`, `/connections`,
+//!   `POST /reload`).
+//! - [`metrics`]: Prometheus metric families and the handles listeners and plugin versions
+//!   update.
 //! - [`admission`]: connection limits per listener and per client address.
 //! - [`worker`]: worker threads, each with its own runtime and plugin instances; connections are
 //!   pinned to one worker.
@@ -23,10 +27,13 @@
 //!   time slicing, memory caps and fault recovery.
 //! - [`builtin`]: plugins embedded in the binary (echo).
 //! - [`scaffold`]: `pier new`, plugin projects in Rust, Python or JavaScript.
+//! - [`upstream`]: outbound connection pools per named upstream, used by plugins (WIT
+//!   `upstream`) and `pier send --repeat`.
 //! - [`client`]: the client side used by `pier send`.
 //! - [`bench`]: `pier bench` (load generator) and `pier baseline` (the native server it compares
 //!   pier with).
 
+pub mod admin;
 pub mod admission;
 pub mod bench;
 pub mod builtin;
@@ -38,9 +45,11 @@ pub mod deploy;
 pub mod framing;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod tls;
 pub mod transport;
+pub mod upstream;
 pub mod worker;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::framing::Framing;
 use crate::hub::{Hub, LocalHub, SlowConsumer};
+use crate::metrics::ListenerMetrics;
 use crate::runtime::host::ListenerContext;
 use crate::runtime::{InstanceLimits, LoadedPlugin, PluginConfig, PluginSlot};
 use crate::tls::TlsListener;
@@ -69,6 +70,8 @@ pub struct ListenerSettings {
     pub limits: Limits,
     /// The operator's `plugin_config`.
     pub plugin_config: PluginConfig,
+    /// The upstreams the plugin may use.
+    pub upstreams: crate::upstream::Grants,
 }
 
 /// Everything connections of one listener share.
@@ -85,6 +88,8 @@ pub struct ListenerShared {
     pub slot: Arc<PluginSlot>,
     /// Connection and instance limits.
     pub limits: Limits,
+    /// Prometheus handles of this listener.
+    pub metrics: Arc<ListenerMetrics>,
     /// The registry, also reachable from the plugin through `ctx`.
     pub hub: Arc<dyn Hub>,
     /// What plugin instances of this listener are handed.
@@ -132,6 +137,7 @@ impl ListenerShared {
                 ..Limits::default()
             },
             plugin_config: PluginConfig::new(),
+            upstreams: Vec::new(),
         };
         Self::build(settings, plugin, tls, Vec::new())
     }
@@ -145,15 +151,17 @@ impl ListenerShared {
     ) -> Arc<Self> {
         let name: Arc<str> = Arc::from(settings.name.as_str());
         let limits = settings.limits;
-        let hub: Arc<dyn Hub> = Arc::new(LocalHub::with_policy(
-            limits.write_queue,
-            settings.max_frame,
-            limits.slow_consumer,
-        ));
+        let metrics = ListenerMetrics::new(&name);
+        let hub: Arc<dyn Hub> = Arc::new(
+            LocalHub::with_policy(limits.write_queue, settings.max_frame, limits.slow_consumer)
+                .counting_full_queues(metrics.queue_dropped.clone(), metrics.queue_closed.clone()),
+        );
         let ctx = Arc::new(ListenerContext {
             name: name.clone(),
             hub: hub.clone(),
             faults: Default::default(),
+            metrics: metrics.clone(),
+            upstreams: crate::upstream::GrantSlot::new(settings.upstreams),
         });
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(ListenerShared {
@@ -161,7 +169,12 @@ impl ListenerShared {
             name,
             framing: settings.framing,
             max_frame: settings.max_frame,
-            slot: Arc::new(PluginSlot::new(plugin, settings.plugin_config)),
+            slot: Arc::new(PluginSlot::new(
+                plugin,
+                settings.plugin_config,
+                metrics.clone(),
+            )),
+            metrics,
             limits,
             hub,
             ctx,

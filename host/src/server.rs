@@ -249,7 +249,8 @@ async fn accept_loop(
         };
         let admitted = match admission.admit(peer.ip()) {
             Ok(admitted) => admitted,
-            Err(_) => {
+            Err(why) => {
+                shared.metrics.refused(why);
                 // A clean close: the client reads end-of-stream at once instead of hanging.
                 drop(stream);
                 continue;

@@ -40,6 +40,12 @@ pub struct Job {
 /// while other tenants' connections are unaffected.
 pub const MAX_CONCURRENT_CALLS: usize = 4;
 
+/// The same cap for a listener that grants upstreams: its calls routinely wait for an upstream's
+/// reply (the call is suspended, holding its instance), so one worker needs as many instances
+/// as it has requests in flight to the upstreams. Each costs the plugin's memory (a proxy
+/// plugin: about 1 MiB reserved, a few hundred KiB touched).
+pub const MAX_CONCURRENT_UPSTREAM_CALLS: usize = 64;
+
 /// One worker's plugin instances, pooled per listener (tenant) it has served.
 pub struct Instances {
     runtime: Arc<Runtime>,
@@ -58,6 +64,11 @@ impl Instances {
                     .limits
                     .instance
                     .unwrap_or_else(|| self.runtime.default_limits());
+                let concurrency = if listener.ctx.upstreams.is_empty() {
+                    MAX_CONCURRENT_CALLS
+                } else {
+                    MAX_CONCURRENT_UPSTREAM_CALLS
+                };
                 Rc::new(TenantInstances {
                     retired: listener.retired_flag(),
                     runtime: self.runtime.clone(),
@@ -65,7 +76,12 @@ impl Instances {
                     ctx: listener.ctx.clone(),
                     limits,
                     idle: RefCell::new(Vec::new()),
-                    turns: Semaphore::new(MAX_CONCURRENT_CALLS),
+                    turns: Semaphore::new(concurrency),
+                    keep_idle: if concurrency == MAX_CONCURRENT_CALLS {
+                        1
+                    } else {
+                        concurrency
+                    },
                 })
             })
             .clone()
@@ -98,6 +114,10 @@ pub struct TenantInstances {
     limits: crate::runtime::InstanceLimits,
     /// The instance ready for the next call (at most one is kept).
     idle: RefCell<Vec<PluginInstance>>,
+    /// Most idle instances kept: one, or for listeners whose calls wait on upstreams, as many
+    /// as may run at once (dropping and re-creating them under steady concurrency would cost
+    /// an instantiation per request).
+    keep_idle: usize,
     turns: Semaphore,
 }
 
@@ -155,7 +175,7 @@ impl Drop for Lease<'_> {
             let mut idle = self.pool.idle.borrow_mut();
             // One idle instance serves every call that does not overlap a slow one; extras made
             // while a call was suspended are dropped as soon as they are not needed.
-            if idle.is_empty() {
+            if idle.len() < self.pool.keep_idle {
                 idle.push(instance);
             }
         }

@@ -3,11 +3,20 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "plugin",
+    // The widest import set: every plugin world is a subset of it, so one linker serves them
+    // all (whether a plugin may use `upstream` is checked per listener at load).
+    world: "plugin-with-upstreams",
     anyhow: true,
-    // Guest calls run on fibers so a long call can yield its worker (see `instance::time_slice`).
+    // Guest calls run on fibers so a long call can yield its worker (see `instance::time_slice`);
+    // an upstream request suspends the call until the reply comes.
     exports: { default: async },
+    imports: { "pier:plugin/upstream.request": async },
 });
+
+/// The generated bindings of the plugin world, under the name the rest of the host uses.
+pub type Plugin = PluginWithUpstreams;
+/// Pre-instantiated bindings (see [`Plugin`]).
+pub type PluginPre<T> = PluginWithUpstreamsPre<T>;
 
 pub use self::exports::pier::plugin::handler::Refusal;
 pub use self::pier::plugin::connections::SendError;

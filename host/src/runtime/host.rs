@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::bindings::pier::plugin::{
-    attributes, clock, config, connections, groups, log, stats, timers, types,
+    attributes, clock, config, connections, groups, log, stats, timers, types, upstream,
 };
 use super::bindings::{Level, Peer, SendError, TlsPeer};
 use super::slot::PluginConfig;
@@ -27,6 +27,10 @@ pub struct ListenerContext {
     pub hub: Arc<dyn Hub>,
     /// Faults of the listener's plugin, by kind.
     pub faults: super::instance::FaultCounts,
+    /// The listener's metrics (instances alive; versions' metrics hang off the slot).
+    pub metrics: Arc<crate::metrics::ListenerMetrics>,
+    /// The upstreams the listener grants its plugin.
+    pub upstreams: crate::upstream::GrantSlot,
 }
 
 /// Per-listener sandbox limits for each plugin instance.
@@ -432,4 +436,29 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+impl upstream::Host for HostState {
+    async fn request(
+        &mut self,
+        name: String,
+        frame: Vec<u8>,
+    ) -> Result<Vec<u8>, upstream::UpstreamError> {
+        use crate::upstream::UpstreamError as E;
+        use upstream::UpstreamError as W;
+        let Some(pool) = self.ctx.upstreams.get(&name) else {
+            return Err(W::NotGranted);
+        };
+        match pool.request(Bytes::from(frame)).await {
+            Ok(reply) => Ok(reply.to_vec()),
+            Err(E::NotGranted) => Err(W::NotGranted),
+            Err(E::Unavailable) => Err(W::Unavailable),
+            Err(E::Timeout) => Err(W::Timeout),
+            Err(E::FrameTooLarge) => Err(W::FrameTooLarge),
+        }
+    }
+
+    fn granted(&mut self) -> Vec<String> {
+        self.ctx.upstreams.names()
+    }
 }

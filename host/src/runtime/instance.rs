@@ -101,6 +101,24 @@ struct Live {
     bindings: Plugin,
     /// The optional exports this instance has.
     extras: Extras,
+    /// Counts this instance in the listener's `pier_plugin_instances` while it lives.
+    _counted: Counted,
+}
+
+/// Holds one unit of a gauge for as long as it lives.
+struct Counted(prometheus::IntGauge);
+
+impl Counted {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// An instance's optional exports.
@@ -168,7 +186,11 @@ impl PluginInstance {
         ctx: Arc<ListenerContext>,
     ) -> Self {
         let limits = runtime.default_limits();
-        let slot = Arc::new(PluginSlot::new(plugin, Default::default()));
+        let slot = Arc::new(PluginSlot::new(
+            plugin,
+            Default::default(),
+            ctx.metrics.clone(),
+        ));
         Self::new(runtime, slot, ctx, limits)
     }
 
@@ -247,6 +269,7 @@ impl PluginInstance {
             let created = instantiate(plugin, &mut store).await.map_err(|err| {
                 self.faults += 1;
                 self.ctx.faults.record(FaultKind::Instantiate);
+                self.deployment.metrics.fault(FaultKind::Instantiate);
                 let fault = Fault::new(FaultKind::Instantiate, &err);
                 tracing::error!(plugin = %self.label, "cannot instantiate the plugin: {}", fault.detail);
                 fault
@@ -258,6 +281,7 @@ impl PluginInstance {
                 store,
                 bindings,
                 extras,
+                _counted: Counted::new(&self.ctx.metrics.instances),
             });
         }
         // Just set above when it was empty.
@@ -280,12 +304,15 @@ impl PluginInstance {
         let live = self.live().await?;
         live.store.data_mut().begin_call(id);
         live.store.set_epoch_deadline(1);
+        let started = std::time::Instant::now();
         let result = f(&live.bindings, &live.extras, &mut live.store).await;
+        let elapsed = started.elapsed().as_secs_f64();
         match result {
             Ok(value) => {
                 live.store.data_mut().current = None;
                 let nearly_full = live.store.data().limiter.nearly_full();
                 let largest = live.store.data().limiter.largest;
+                self.deployment.metrics.call_duration.observe(elapsed);
                 self.calls += 1;
                 if nearly_full {
                     // Guests whose heap only grows (fragmentation, a runtime that leaks a little
@@ -329,8 +356,10 @@ impl PluginInstance {
                 self.live = None;
                 self.calls = 0;
                 self.faults += 1;
+                self.deployment.metrics.call_duration.observe(elapsed);
                 let fault = Fault::new(kind, &err);
                 let total = self.ctx.faults.record(kind);
+                self.deployment.metrics.fault(kind);
                 tracing::error!(
                     listener = %self.ctx.name,
                     plugin = %self.label,

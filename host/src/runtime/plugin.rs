@@ -214,6 +214,8 @@ impl Runtime {
             name: Arc::from("check"),
             hub: Arc::new(LocalHub::new(1, 0)),
             faults: Default::default(),
+            metrics: crate::metrics::ListenerMetrics::detached(),
+            upstreams: Default::default(),
         });
         let mut state = HostState::new(
             ctx,

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use super::LoadedPlugin;
+use crate::metrics::{ListenerMetrics, VersionMetrics};
 
 /// The listener's `plugin_config` table, as strings, handed to the guest by the `config`
 /// interface.
@@ -28,6 +29,25 @@ pub struct Deployment {
     pub generation: u64,
     /// When this version started serving.
     pub deployed_at: SystemTime,
+    /// This version's traffic, call and fault metrics on the listener.
+    pub metrics: VersionMetrics,
+}
+
+impl Deployment {
+    fn new(
+        plugin: Arc<LoadedPlugin>,
+        config: PluginConfig,
+        generation: u64,
+        listener: &ListenerMetrics,
+    ) -> Self {
+        Deployment {
+            metrics: listener.version(&plugin.name, &plugin.version),
+            plugin,
+            config: Arc::new(config),
+            generation,
+            deployed_at: SystemTime::now(),
+        }
+    }
 }
 
 /// The current deployment of one listener.
@@ -37,20 +57,22 @@ pub struct PluginSlot {
     current: RwLock<Arc<Deployment>>,
     /// Mirrors `current.generation` so the per-call staleness check takes no lock.
     generation: AtomicU64,
+    /// The listener's metrics, under which each version's are created.
+    metrics: Arc<ListenerMetrics>,
 }
 
 impl PluginSlot {
-    /// A slot serving `plugin` with `config`, generation 1.
-    pub fn new(plugin: Arc<LoadedPlugin>, config: PluginConfig) -> Self {
-        let deployment = Deployment {
-            plugin,
-            config: Arc::new(config),
-            generation: 1,
-            deployed_at: SystemTime::now(),
-        };
+    /// A slot serving `plugin` with `config`, generation 1, counting under `metrics`.
+    pub fn new(
+        plugin: Arc<LoadedPlugin>,
+        config: PluginConfig,
+        metrics: Arc<ListenerMetrics>,
+    ) -> Self {
+        let deployment = Deployment::new(plugin, config, 1, &metrics);
         PluginSlot {
             current: RwLock::new(Arc::new(deployment)),
             generation: AtomicU64::new(1),
+            metrics,
         }
     }
 
@@ -72,12 +94,14 @@ impl PluginSlot {
     pub fn swap(&self, plugin: Arc<LoadedPlugin>, config: PluginConfig) -> u64 {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let generation = current.generation + 1;
-        *current = Arc::new(Deployment {
-            plugin,
-            config: Arc::new(config),
-            generation,
-            deployed_at: SystemTime::now(),
-        });
+        let next = Deployment::new(plugin, config, generation, &self.metrics);
+        let previous = std::mem::replace(&mut *current, Arc::new(next));
+        if (&previous.plugin.name, &previous.plugin.version)
+            != (&current.plugin.name, &current.plugin.version)
+        {
+            self.metrics
+                .retire_version(&previous.plugin.name, &previous.plugin.version);
+        }
         // Published while the write lock is held, so a reader that sees the new generation
         // also finds the new deployment.
         self.generation.store(generation, Ordering::Release);

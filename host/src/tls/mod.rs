@@ -271,3 +271,32 @@ fn ip_text(bytes: &[u8]) -> String {
         _ => hex::encode(bytes),
     }
 }
+
+/// A short, stable name for why a server handshake failed, for metrics and logs.
+pub fn failure_reason(err: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    use std::io::ErrorKind;
+    if let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        return match tls {
+            // A client speaking something else: plain text, HTTP, garbage.
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::PeerSentOversizedRecord => {
+                "not-tls"
+            }
+            E::NoCertificatesPresented => "no-client-certificate",
+            E::InvalidCertificate(_) => "bad-client-certificate",
+            // Usually the client refusing pier's certificate.
+            E::AlertReceived(_) => "alert-received",
+            E::PeerIncompatible(_) | E::NoApplicationProtocol => "incompatible",
+            _ => "protocol-error",
+        };
+    }
+    match err.kind() {
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+            "closed-early"
+        }
+        _ => "io-error",
+    }
+}

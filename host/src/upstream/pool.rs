@@ -1,0 +1,481 @@
+//! One upstream's connections: a pool per address with at most `max_size` connections,
+//! idle ones reused (newest first) and closed after `idle_timeout`, dead ones detected before
+//! they are handed out, round-robin balancing with failover, and an overall request timeout.
+//!
+//! Why connections are checked out exclusively: a frame protocol has no request ids, so a
+//! reply can only be matched to its request if one request at a time uses a connection.
+//!
+//! kn-sock's pool hands back a socket whose peer has gone; here a connection taken from the
+//! idle list is first polled for readability without blocking: end-of-stream, an error or
+//! unsolicited bytes mean the upstream closed it (or the protocol is out of step), and it is
+//! dropped. The check cannot see a close still in flight, so a reused connection that ends
+//! before any reply byte arrives is retried once on a fresh connection — that is the upstream
+//! that restarted. A fresh connection failing the same way is an error, never retried: the
+//! upstream may have acted on the request.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use bytes::{Bytes, BytesMut};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
+
+use super::UpstreamSpec;
+use crate::framing::{FrameDecoder, Framing};
+use crate::metrics::UpstreamMetrics;
+
+/// How long an address that refused a connection is skipped (while another is available).
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// Why a request failed (mirrors WIT `upstream.upstream-error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The listener was not granted an upstream of that name.
+    #[error("not granted")]
+    NotGranted,
+    /// No address could be reached, or the connection broke before the reply.
+    #[error("unavailable")]
+    Unavailable,
+    /// No reply within `request_timeout`.
+    #[error("timed out")]
+    Timeout,
+    /// The request or the reply is larger than the upstream's `max_frame`.
+    #[error("frame too large")]
+    FrameTooLarge,
+}
+
+impl UpstreamError {
+    /// Short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamError::NotGranted => "not-granted",
+            UpstreamError::Unavailable => "unavailable",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::FrameTooLarge => "frame-too-large",
+        }
+    }
+}
+
+/// One upstream's pools, one per address.
+pub struct Pool {
+    spec: UpstreamSpec,
+    addresses: Vec<Address>,
+    /// Round-robin position.
+    next: AtomicUsize,
+    metrics: UpstreamMetrics,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("upstream", &self.spec.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One address of an upstream.
+struct Address {
+    addr: String,
+    /// `max_size` busy slots (see [`Pool::on_address`]).
+    permits: Semaphore,
+    /// Connections open now, idle or in use.
+    open: Arc<AtomicUsize>,
+    /// Idle connections, most recently used at the back.
+    idle: Mutex<VecDeque<Idle>>,
+    /// Until when this address is skipped after failing to connect.
+    down_until: Mutex<Option<Instant>>,
+    /// TLS connector and the name to verify, on TLS upstreams.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// A connection and its read buffer.
+struct Conn {
+    stream: Stream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    /// Counts it in its address's open connections while it exists.
+    _counted: Counted,
+}
+
+/// Holds one unit of a count for as long as it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// How one attempt on one address ended, when it did not produce a reply.
+enum Attempt {
+    /// Could not connect: try the next address.
+    Connect,
+    /// The request may have reached the upstream: report, do not resend.
+    Failed(UpstreamError),
+}
+
+/// How an exchange on one connection failed.
+enum Exchange {
+    /// The connection ended before any reply byte (stale when it was reused).
+    NothingBack,
+    /// Anything else.
+    Failed(UpstreamError),
+}
+
+impl Pool {
+    /// Builds the pool for `spec` (loads TLS files; connects lazily) and starts its idle
+    /// sweeper on the upstream runtime.
+    pub fn new(spec: UpstreamSpec) -> Result<Arc<Pool>> {
+        let mut addresses = Vec::new();
+        for addr in &spec.addresses {
+            let tls = match &spec.tls {
+                None => None,
+                Some(tls) => {
+                    let args = crate::tls::client::ClientTlsArgs {
+                        tls: true,
+                        ca: tls.ca.clone(),
+                        cert: tls.cert.clone(),
+                        key: tls.key.clone(),
+                        server_name: tls.server_name.clone(),
+                        insecure: !tls.verify,
+                    };
+                    args.connector(addr)
+                        .with_context(|| format!("upstream `{}` TLS", spec.name))?
+                }
+            };
+            addresses.push(Address {
+                addr: addr.clone(),
+                permits: Semaphore::new(spec.max_size),
+                open: Arc::default(),
+                idle: Mutex::new(VecDeque::new()),
+                down_until: Mutex::new(None),
+                tls,
+            });
+        }
+        if addresses.is_empty() {
+            bail!("upstream `{}` has no addresses", spec.name);
+        }
+        let pool = Arc::new(Pool {
+            metrics: UpstreamMetrics::new(&spec.name),
+            spec,
+            addresses,
+            next: AtomicUsize::new(0),
+        });
+        super::runtime().spawn(sweep_idle(Arc::downgrade(&pool)));
+        Ok(pool)
+    }
+
+    /// The upstream's settings.
+    pub fn spec(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+
+    /// Sends `frame` and returns the reply frame. Runs on the upstream runtime whatever thread
+    /// awaits it; dropping the future does not abandon the exchange half-way (the connection
+    /// finishes it and goes back to the pool, or is closed).
+    pub async fn request(self: &Arc<Self>, frame: Bytes) -> Result<Bytes, UpstreamError> {
+        let pool = self.clone();
+        let task = super::runtime().spawn(async move { pool.request_here(frame).await });
+        task.await.unwrap_or(Err(UpstreamError::Unavailable))
+    }
+
+    async fn request_here(&self, frame: Bytes) -> Result<Bytes, UpstreamError> {
+        let started = Instant::now();
+        let result = if frame.len() > self.spec.max_frame {
+            Err(UpstreamError::FrameTooLarge)
+        } else {
+            tokio::time::timeout(self.spec.request_timeout, self.try_addresses(&frame))
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout))
+        };
+        self.metrics.finished(&result, started.elapsed());
+        self.update_sizes();
+        if let Err(err) = &result {
+            debug!(upstream = %self.spec.name, "request failed: {err}");
+        }
+        result
+    }
+
+    /// Tries the addresses in round-robin order, skipping those marked down unless every
+    /// address is.
+    async fn try_addresses(&self, frame: &Bytes) -> Result<Bytes, UpstreamError> {
+        let n = self.addresses.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let now = Instant::now();
+        let (mut up, mut down): (Vec<&Address>, Vec<&Address>) = (0..n)
+            .map(|i| &self.addresses[(start + i) % n])
+            .partition(|a| !a.is_down(now));
+        // When all are down, the one that has been down longest goes first: it is the most
+        // likely to be back.
+        down.sort_by_key(|a| *lock(&a.down_until));
+        up.extend(down);
+        for address in up {
+            match self.on_address(address, frame).await {
+                Ok(reply) => return Ok(reply),
+                Err(Attempt::Connect) => {
+                    self.metrics.connect_failed.inc();
+                    *lock(&address.down_until) = Some(Instant::now() + DOWN_FOR);
+                }
+                Err(Attempt::Failed(err)) => return Err(err),
+            }
+        }
+        Err(UpstreamError::Unavailable)
+    }
+
+    /// One request on one address. The permit is a busy slot: a connection is used, or
+    /// created, only while holding one, a new one only when no idle one is left, and a used
+    /// one goes back to the idle list before its permit is released — so idle plus busy
+    /// connections never exceed `max_size`.
+    async fn on_address(&self, address: &Address, frame: &Bytes) -> Result<Bytes, Attempt> {
+        let permit = match address.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.metrics.waits.inc();
+                // Never closed: the semaphore lives as long as the pool.
+                address
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| Attempt::Failed(UpstreamError::Unavailable))?
+            }
+        };
+        if let Some(mut conn) = self.take_idle(address) {
+            match conn.exchange(frame, self.spec.framing).await {
+                Ok(reply) => {
+                    self.put_back(address, conn);
+                    drop(permit);
+                    return Ok(reply);
+                }
+                // The upstream closed it while it sat idle (a restart): use a fresh one.
+                Err(Exchange::NothingBack) => {
+                    self.metrics.stale.inc();
+                    drop(conn);
+                }
+                Err(Exchange::Failed(err)) => return Err(Attempt::Failed(err)),
+            }
+        }
+        let mut conn = match tokio::time::timeout(self.spec.connect_timeout, self.connect(address))
+            .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => {
+                warn!(upstream = %self.spec.name, address = %address.addr, "cannot connect: {err}");
+                return Err(Attempt::Connect);
+            }
+            Err(_) => {
+                warn!(
+                    upstream = %self.spec.name,
+                    address = %address.addr,
+                    "connect timed out after {:?}",
+                    self.spec.connect_timeout
+                );
+                return Err(Attempt::Connect);
+            }
+        };
+        *lock(&address.down_until) = None;
+        let result = match conn.exchange(frame, self.spec.framing).await {
+            Ok(reply) => {
+                self.put_back(address, conn);
+                Ok(reply)
+            }
+            Err(Exchange::NothingBack) => Err(Attempt::Failed(UpstreamError::Unavailable)),
+            Err(Exchange::Failed(err)) => Err(Attempt::Failed(err)),
+        };
+        drop(permit);
+        result
+    }
+
+    /// The most recently used idle connection that is still alive and not expired.
+    fn take_idle(&self, address: &Address) -> Option<Conn> {
+        let mut idle = lock(&address.idle);
+        while let Some(entry) = idle.pop_back() {
+            if entry.since.elapsed() < self.spec.idle_timeout && entry.conn.is_alive() {
+                return Some(entry.conn);
+            }
+            self.metrics.stale.inc();
+        }
+        None
+    }
+
+    /// Returns a connection after a complete exchange; one with bytes left over (a reply the
+    /// framing did not expect) is out of step and closed instead.
+    fn put_back(&self, address: &Address, conn: Conn) {
+        if !conn.buf.is_empty() {
+            warn!(upstream = %self.spec.name, address = %address.addr, "the upstream sent more than one reply; connection closed");
+            return;
+        }
+        lock(&address.idle).push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Publishes the pool's open and idle connection counts.
+    fn update_sizes(&self) {
+        let idle: usize = self.addresses.iter().map(|a| lock(&a.idle).len()).sum();
+        self.metrics.set_sizes(self.open_connections(), idle);
+    }
+
+    async fn connect(&self, address: &Address) -> io::Result<Conn> {
+        let tcp = TcpStream::connect(&address.addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match &address.tls {
+            None => Stream::Plain(tcp),
+            Some((connector, name)) => {
+                Stream::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
+            }
+        };
+        self.metrics.opened.inc();
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+            decoder: self.spec.framing.decoder(self.spec.max_frame),
+            _counted: Counted::new(&address.open),
+        })
+    }
+
+    /// Connections opened since the pool was built.
+    pub fn opened(&self) -> u64 {
+        self.metrics.opened.get()
+    }
+
+    /// Connections (idle + in use) of every address, for tests and the admin endpoint.
+    pub fn open_connections(&self) -> usize {
+        self.addresses
+            .iter()
+            .map(|a| a.open.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl Address {
+    fn is_down(&self, now: Instant) -> bool {
+        lock(&self.down_until).is_some_and(|until| until > now)
+    }
+}
+
+impl Conn {
+    /// Whether the upstream still has this connection open, without blocking: a socket with
+    /// nothing to read is alive; end-of-stream, an error or bytes nobody asked for are not.
+    ///
+    /// On TLS, bytes waiting may be a session ticket or key update rather than data, so only
+    /// end-of-stream and errors count there (a close_notify shows up as a stale exchange,
+    /// which is retried).
+    fn is_alive(&self) -> bool {
+        let (tcp, tls) = match &self.stream {
+            Stream::Plain(tcp) => (tcp, false),
+            Stream::Tls(stream) => (stream.get_ref().0, true),
+        };
+        let mut probe = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        match tcp.poll_peek(&mut cx, &mut buf) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(n)) => tls && n > 0,
+            Poll::Ready(Err(_)) => false,
+        }
+    }
+
+    /// Writes one request frame and reads one reply frame.
+    async fn exchange(&mut self, frame: &[u8], framing: Framing) -> Result<Bytes, Exchange> {
+        let mut out = BytesMut::with_capacity(frame.len() + 8);
+        framing
+            .encode(frame, &mut out)
+            .map_err(|_| Exchange::Failed(UpstreamError::FrameTooLarge))?;
+        let written = match &mut self.stream {
+            Stream::Plain(s) => s.write_all(&out).await,
+            Stream::Tls(s) => match s.write_all(&out).await {
+                Ok(()) => s.flush().await,
+                Err(err) => Err(err),
+            },
+        };
+        if written.is_err() {
+            return Err(Exchange::NothingBack);
+        }
+        let mut got_any = false;
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(crate::framing::FrameError::TooLarge { .. }) => {
+                    return Err(Exchange::Failed(UpstreamError::FrameTooLarge));
+                }
+                Err(_) => return Err(Exchange::Failed(UpstreamError::Unavailable)),
+            }
+            self.buf.reserve(self.decoder.read_hint().max(4096));
+            let read = match &mut self.stream {
+                Stream::Plain(s) => s.read_buf(&mut self.buf).await,
+                Stream::Tls(s) => s.read_buf(&mut self.buf).await,
+            };
+            match read {
+                Ok(0) | Err(_) if !got_any => return Err(Exchange::NothingBack),
+                Ok(0) => {
+                    return match self.decoder.decode_eof(&mut self.buf) {
+                        Ok(Some(reply)) => Ok(reply),
+                        _ => Err(Exchange::Failed(UpstreamError::Unavailable)),
+                    };
+                }
+                Err(_) => return Err(Exchange::Failed(UpstreamError::Unavailable)),
+                Ok(_) => got_any = true,
+            }
+        }
+    }
+}
+
+/// Closes idle connections older than `idle_timeout`, until the pool is dropped.
+async fn sweep_idle(pool: Weak<Pool>) {
+    let every = match pool.upgrade() {
+        Some(p) => {
+            (p.spec.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
+        }
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        for address in &pool.addresses {
+            let mut idle = lock(&address.idle);
+            // Oldest at the front.
+            while idle
+                .front()
+                .is_some_and(|e| e.since.elapsed() >= pool.spec.idle_timeout)
+            {
+                idle.pop_front();
+                pool.metrics.expired.inc();
+            }
+        }
+        pool.update_sizes();
+    }
+}
+
+/// Locks a mutex, carrying on if a panic elsewhere poisoned it (each critical section is a
+/// single push, pop or assignment).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
