@@ -5,37 +5,10 @@
 #[path = "common/served.rs"]
 mod served;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use served::{Served, WAIT, pier, tmp};
-
-/// A line-framed client of the binary.
-struct LineClient {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl LineClient {
-    fn connect(addr: &str) -> LineClient {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        LineClient {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    fn ask(&mut self, line: &str) -> String {
-        writeln!(self.writer, "{line}").expect("send: the connection must stay open");
-        let mut reply = String::new();
-        let n = self.reader.read_line(&mut reply).expect("a reply in time");
-        assert!(n > 0, "the server closed the connection");
-        reply.trim_end().to_string()
-    }
-}
+use served::{LineClient, Served, WAIT, pier, tmp};
 
 fn scratch(test: &str) -> PathBuf {
     let dir = tmp().join("scratch-live").join(test);

@@ -52,10 +52,18 @@ impl Served {
 
     /// Like [`Served::start_listeners`], waiting up to `wait` (a plugin compiled for the first
     /// time, e.g. one embedding a language runtime, can take longer than `WAIT`).
+    /// Without `--listen` or `--config` in ARGS it listens on `127.0.0.1:0`: tests run in
+    /// parallel and must not share the default port.
     pub fn start_within(args: &[&str], count: usize, wait: Duration) -> Served {
+        let free_port: &[&str] = if args.iter().any(|a| *a == "--listen" || *a == "--config") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = pier()
             .arg("serve")
             .args(args)
+            .args(free_port)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -200,13 +208,13 @@ impl LineClient {
         }
     }
 
-    /// Sends `line` and returns the reply line without its newline.
+    /// Sends `line` and returns the reply line without its newline; the connection must stay
+    /// open.
     pub fn ask(&mut self, line: &str) -> String {
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("send");
+        writeln!(self.writer, "{line}").expect("send: the connection must stay open");
         let mut reply = String::new();
-        self.reader.read_line(&mut reply).expect("reply");
+        let n = self.reader.read_line(&mut reply).expect("a reply in time");
+        assert!(n > 0, "the server closed the connection");
         reply.trim_end().to_string()
     }
 }
