@@ -7,12 +7,15 @@
 //! - [`Grants`]: the upstreams one listener may use; a name missing here does not exist for
 //!   that listener's plugin (`not-granted`).
 //!
-//! Every pool runs on one process-wide runtime thread (`pier-upstream`), not on the workers:
-//! a pooled connection is registered with exactly one reactor, so any worker's connection can
-//! take it, and `max_size` is one count for the whole process. A request crosses to that
-//! thread and back (a few µs; see BENCHMARKS.md "Proxy").
+//! - [`socket`]: a TCP socket that moves between runtimes, so a connection pooled by one
+//!   worker can be used by any other.
+//!
+//! A request does its I/O on the calling worker's runtime; pools are shared by every worker,
+//! so `max_size` is one count for the whole process. Only the idle sweepers run on a small
+//! runtime thread of their own (`pier-upstream`).
 
 pub mod pool;
+pub mod socket;
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, RwLock};
@@ -104,7 +107,7 @@ impl GrantSlot {
     }
 }
 
-/// The runtime every pool's connections live on.
+/// The runtime the pools' idle sweepers run on.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         tokio::runtime::Builder::new_multi_thread()

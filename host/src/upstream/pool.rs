@@ -2,6 +2,9 @@
 //! idle ones reused (newest first) and closed after `idle_timeout`, dead ones detected before
 //! they are handed out, round-robin balancing with failover, and an overall request timeout.
 //!
+//! The I/O runs on the caller's runtime: a pooled connection is detached from any reactor
+//! while idle and attached to the caller's when taken (see [`super::socket`]).
+//!
 //! Why connections are checked out exclusively: a frame protocol has no request ids, so a
 //! reply can only be matched to its request if one request at a time uses a connection.
 //!
@@ -17,7 +20,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -30,6 +32,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use super::UpstreamSpec;
+use super::socket::Socket;
 use crate::framing::{FrameDecoder, Framing};
 use crate::metrics::UpstreamMetrics;
 
@@ -128,8 +131,17 @@ impl Drop for Counted {
 }
 
 enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(Socket),
+    Tls(Box<tokio_rustls::client::TlsStream<Socket>>),
+}
+
+impl Stream {
+    fn socket(&mut self) -> &mut Socket {
+        match self {
+            Stream::Plain(socket) => socket,
+            Stream::Tls(tls) => tls.get_mut().0,
+        }
+    }
 }
 
 /// How one attempt on one address ended, when it did not produce a reply.
@@ -196,16 +208,10 @@ impl Pool {
         &self.spec
     }
 
-    /// Sends `frame` and returns the reply frame. Runs on the upstream runtime whatever thread
-    /// awaits it; dropping the future does not abandon the exchange half-way (the connection
-    /// finishes it and goes back to the pool, or is closed).
-    pub async fn request(self: &Arc<Self>, frame: Bytes) -> Result<Bytes, UpstreamError> {
-        let pool = self.clone();
-        let task = super::runtime().spawn(async move { pool.request_here(frame).await });
-        task.await.unwrap_or(Err(UpstreamError::Unavailable))
-    }
-
-    async fn request_here(&self, frame: Bytes) -> Result<Bytes, UpstreamError> {
+    /// Sends `frame` and returns the reply frame, doing the I/O on the caller's runtime (see
+    /// [`super::socket`]). Dropping the future mid-exchange closes the connection it was using
+    /// rather than pooling a connection with a reply still on its way.
+    pub async fn request(&self, frame: Bytes) -> Result<Bytes, UpstreamError> {
         let started = Instant::now();
         let result = if frame.len() > self.spec.max_frame {
             Err(UpstreamError::FrameTooLarge)
@@ -311,23 +317,31 @@ impl Pool {
         result
     }
 
-    /// The most recently used idle connection that is still alive and not expired.
+    /// The most recently used idle connection that is still alive and not expired, attached
+    /// to the caller's runtime.
     fn take_idle(&self, address: &Address) -> Option<Conn> {
-        let mut idle = lock(&address.idle);
-        while let Some(entry) = idle.pop_back() {
-            if entry.since.elapsed() < self.spec.idle_timeout && entry.conn.is_alive() {
-                return Some(entry.conn);
+        loop {
+            let entry = lock(&address.idle).pop_back()?;
+            let mut conn = entry.conn;
+            if entry.since.elapsed() < self.spec.idle_timeout
+                && conn.is_alive()
+                && conn.stream.socket().attach().is_ok()
+            {
+                return Some(conn);
             }
             self.metrics.stale.inc();
         }
-        None
     }
 
     /// Returns a connection after a complete exchange; one with bytes left over (a reply the
     /// framing did not expect) is out of step and closed instead.
-    fn put_back(&self, address: &Address, conn: Conn) {
+    fn put_back(&self, address: &Address, mut conn: Conn) {
         if !conn.buf.is_empty() {
             warn!(upstream = %self.spec.name, address = %address.addr, "the upstream sent more than one reply; connection closed");
+            return;
+        }
+        if let Err(err) = conn.stream.socket().detach() {
+            debug!(upstream = %self.spec.name, "cannot pool a connection: {err}");
             return;
         }
         lock(&address.idle).push_back(Idle {
@@ -345,10 +359,11 @@ impl Pool {
     async fn connect(&self, address: &Address) -> io::Result<Conn> {
         let tcp = TcpStream::connect(&address.addr).await?;
         tcp.set_nodelay(true)?;
+        let socket = Socket::Attached(tcp);
         let stream = match &address.tls {
-            None => Stream::Plain(tcp),
+            None => Stream::Plain(socket),
             Some((connector, name)) => {
-                Stream::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
+                Stream::Tls(Box::new(connector.connect(name.clone(), socket).await?))
             }
         };
         self.metrics.opened.inc();
@@ -388,17 +403,9 @@ impl Conn {
     /// end-of-stream and errors count there (a close_notify shows up as a stale exchange,
     /// which is retried).
     fn is_alive(&self) -> bool {
-        let (tcp, tls) = match &self.stream {
-            Stream::Plain(tcp) => (tcp, false),
-            Stream::Tls(stream) => (stream.get_ref().0, true),
-        };
-        let mut probe = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(Waker::noop());
-        match tcp.poll_peek(&mut cx, &mut buf) {
-            Poll::Pending => true,
-            Poll::Ready(Ok(n)) => tls && n > 0,
-            Poll::Ready(Err(_)) => false,
+        match &self.stream {
+            Stream::Plain(socket) => socket.is_open(false),
+            Stream::Tls(tls) => tls.get_ref().0.is_open(true),
         }
     }
 
