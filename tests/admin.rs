@@ -11,22 +11,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use served::{LineClient, Served, eventually, pier, tmp};
-
-/// The admin address from the `pier: admin on ADDR` line.
-fn admin_addr(served: &Served) -> String {
-    assert!(
-        served.wait_for_log("pier: admin on "),
-        "no admin line; log:\n{}",
-        served.log()
-    );
-    served
-        .log()
-        .lines()
-        .find_map(|l| l.strip_prefix("pier: admin on "))
-        .map(|a| a.trim().to_string())
-        .expect("admin address")
-}
+use served::{LineClient, Served, certificates, eventually, tmp};
 
 /// `curl -sS [-X METHOD] -w '\n%{http_code}' URL`: the body and the status code.
 fn curl(method: &str, url: &str) -> (String, u16) {
@@ -107,7 +92,7 @@ fn metrics_move_with_traffic_and_pass_promtool() {
         "--admin",
         "127.0.0.1:0",
     ]);
-    let admin = admin_addr(&served);
+    let admin = served.admin_addr();
     assert_eq!(get(&admin, "/healthz").trim(), "ok");
 
     let before = get(&admin, "/metrics");
@@ -173,27 +158,6 @@ fn metrics_move_with_traffic_and_pass_promtool() {
     assert_eq!(code, 404, "{body}");
 }
 
-/// Certificates from `pier cert generate` in a fresh folder.
-fn certificates(name: &str) -> PathBuf {
-    let dir = tmp().join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = pier()
-        .args([
-            "cert",
-            "generate",
-            "--out",
-            dir.to_str().expect("utf-8 path"),
-        ])
-        .output()
-        .expect("pier cert generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
 /// A Python `ssl` client with the generated client certificate that sends one line, prints
 /// the reply and stays connected until its stdin closes.
 fn python_tls_client(port: u16, certs: &Path) -> std::process::Child {
@@ -234,7 +198,7 @@ fn connections_show_the_tls_client_and_plugins_the_version() {
         "--admin",
         "127.0.0.1:0",
     ]);
-    let admin = admin_addr(&served);
+    let admin = served.admin_addr();
 
     let mut client = python_tls_client(served.port(), &certs);
     let mut line = String::new();
@@ -337,7 +301,7 @@ framing = "lines"
 "#;
     std::fs::write(&config, toml).expect("write pier.toml");
     let served = Served::start(&["--config", config.to_str().expect("utf-8 path")]);
-    let admin = admin_addr(&served);
+    let admin = served.admin_addr();
     let version_of = || get_json(&admin, "/plugins")[0]["version"].clone();
     let v1 = version_of();
 

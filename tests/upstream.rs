@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use served::{LineClient, Served, eventually, pier, tmp};
+use served::{LineClient, Served, certificates, eventually, pier, tmp};
 
 /// A lines server standing in for an upstream: answers `up PORT: LINE`, counts connections.
 struct LineServer {
@@ -286,27 +286,6 @@ fn requests_fail_over_to_the_address_that_is_up() {
     assert_eq!(seen.len(), 2, "balanced over both live addresses: {seen:?}");
 }
 
-/// Certificates from `pier cert generate` in a fresh folder.
-fn certificates(name: &str) -> PathBuf {
-    let dir = tmp().join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = pier()
-        .args([
-            "cert",
-            "generate",
-            "--out",
-            dir.to_str().expect("utf-8 path"),
-        ])
-        .output()
-        .expect("pier cert generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
 fn path(dir: &Path, file: &str) -> String {
     dir.join(file).display().to_string()
 }
@@ -503,13 +482,7 @@ fn upstream_metrics_show_the_pool() {
     for i in 0..5 {
         assert!(client.ask(&format!("m{i}")).ends_with(&format!(": m{i}")));
     }
-    assert!(served.wait_for_log("pier: admin on "));
-    let admin = served
-        .log()
-        .lines()
-        .find_map(|l| l.strip_prefix("pier: admin on "))
-        .map(|a| a.trim().to_string())
-        .expect("admin address");
+    let admin = served.admin_addr();
     let out = std::process::Command::new("curl")
         .args([
             "-sS",

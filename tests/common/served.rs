@@ -139,6 +139,20 @@ impl Served {
         false
     }
 
+    /// The admin endpoint's address, from the `pier: admin on ADDR` line.
+    pub fn admin_addr(&self) -> String {
+        assert!(
+            self.wait_for_log("pier: admin on "),
+            "no admin line; log:\n{}",
+            self.log()
+        );
+        self.log()
+            .lines()
+            .find_map(|l| l.strip_prefix("pier: admin on "))
+            .map(|a| a.trim().to_string())
+            .expect("admin address")
+    }
+
     /// The port of the first listener.
     pub fn port(&self) -> u16 {
         self.addr.rsplit(':').next().unwrap().parse().unwrap()
@@ -226,4 +240,25 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Certificates from `pier cert generate` in a fresh folder.
+pub fn certificates(name: &str) -> PathBuf {
+    let dir = tmp().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = pier()
+        .args([
+            "cert",
+            "generate",
+            "--out",
+            dir.to_str().expect("utf-8 path"),
+        ])
+        .output()
+        .expect("pier cert generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
 }
