@@ -502,3 +502,98 @@ fn upstream_metrics_show_the_pool() {
         assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
     }
 }
+
+#[test]
+fn a_silent_upstream_times_out_cleanly_and_oversized_frames_are_refused() {
+    // Accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("address");
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for stream in silent.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let echo = LineServer::start(0);
+    let toml = format!(
+        r#"
+[server]
+watch = false
+
+[[upstream]]
+name = "silent"
+addresses = ["{silent_addr}"]
+max_size = 1
+request_timeout = "300ms"
+
+[[upstream]]
+name = "small"
+addresses = ["{}"]
+max_frame = 24
+
+[[listener]]
+name = "front"
+address = "127.0.0.1:0"
+plugin = "proxy"
+framing = "lines"
+upstreams = ["silent"]
+
+[[listener]]
+name = "small"
+address = "127.0.0.1:0"
+plugin = "proxy"
+framing = "lines"
+upstreams = ["small"]
+"#,
+        echo.addr()
+    );
+    let (served, _dir) = serve("upstream-timeout", &toml, 2);
+    // Two clients at once on a pool of one: the second waits for the connection, and both
+    // end with a timeout instead of hanging.
+    let front = served.addr_of("front");
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            let front = front.clone();
+            std::thread::spawn(move || LineClient::connect(&front).ask(&format!("hello {i}")))
+        })
+        .collect();
+    for client in waiting {
+        assert_eq!(
+            client.join().expect("client"),
+            "error: upstream silent: timeout"
+        );
+    }
+    let mut small = LineClient::connect(&served.addr_of("small"));
+    assert!(small.ask("short").ends_with(": short"));
+    assert_eq!(
+        small.ask("a frame longer than twenty-four bytes"),
+        "error: upstream small: frame-too-large"
+    );
+    assert!(small.ask("short again").ends_with(": short again"));
+}
+
+#[test]
+fn pier_serve_proxy_with_upstream_on_the_command_line() {
+    let backend = LineServer::start(0);
+    let down = dead_port();
+    let served = Served::start(&[
+        "proxy",
+        "--upstream",
+        &format!("127.0.0.1:{down},{}", backend.addr()),
+    ]);
+    assert!(
+        served.log().contains("plugin proxy, framing lines"),
+        "{}",
+        served.log()
+    );
+    let mut client = LineClient::connect(&served.addr);
+    for i in 0..5 {
+        assert_eq!(
+            client.ask(&format!("line {i}")),
+            format!("up {}: line {i}", backend.port)
+        );
+    }
+}
