@@ -700,7 +700,9 @@ fn check(args: CheckArgs) -> Result<()> {
     )?;
     writeln!(out, "imports:")?;
     for import in &plugin.imports {
-        let note = if import.starts_with("pier:plugin/") {
+        let note = if import.starts_with("pier:plugin/upstream") {
+            "provided by pier on listeners that grant upstreams; refused elsewhere"
+        } else if import.starts_with("pier:plugin/") {
             "provided by pier"
         } else if crate::runtime::wasi::provides(import) {
             "WASI, deny by default: no files, environment or sockets; stdio to the log"
