@@ -7,32 +7,18 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "common/served.rs"]
 mod served;
 
-const PIER: &str = env!("CARGO_BIN_EXE_pier");
-const WAIT: Duration = Duration::from_secs(30);
+use served::{Served, WAIT, pier};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let dir = served::tmp().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn pier() -> Command {
-    let mut cmd = Command::new(PIER);
-    cmd.env(
-        "PIER_CACHE_DIR",
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pier-cache"),
-    )
-    .env_remove("RUST_LOG")
-    .stdin(Stdio::null());
-    cmd
 }
 
 fn generate(dir: &Path) -> String {
@@ -46,69 +32,6 @@ fn generate(dir: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-struct Served {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Served {
-        let mut child = pier()
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line.clone());
-                if let Some(rest) = line.strip_prefix("pier: listening on ") {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
-            }
-        });
-        let addr = rx.recv_timeout(WAIT).expect("pier reports its address");
-        Served { child, addr, log }
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}: {:?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn python(script: &str) -> Output {
@@ -172,7 +95,7 @@ fn tls_with_generated_certificates_and_real_clients() {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
-    assert!(served.wait_log("listening on").contains("TLS"));
+    assert!(served.log_line("listening on").contains("TLS"));
 
     assert_eq!(
         python_tls(served.port(), &certs, None, "Hello TLS"),
@@ -240,7 +163,7 @@ fn tls_with_generated_certificates_and_real_clients() {
         !String::from_utf8_lossy(&out.stdout).contains("Echo"),
         "plaintext was served"
     );
-    served.wait_log("TLS handshake failed");
+    served.log_line("TLS handshake failed");
     assert_eq!(
         python_tls(served.port(), &certs, None, "still"),
         "reply:Echo: still"
@@ -346,9 +269,9 @@ fn mutual_tls_refuses_what_it_must_and_the_plugin_sees_the_client() {
     assert!(!whoami.ends_with("fingerprint="), "{whoami}");
 
     // The silent client is dropped at the handshake timeout, with a reason.
-    served.wait_log("TLS handshake timed out");
+    served.log_line("TLS handshake timed out");
     drop(silent);
-    served.wait_log("TLS handshake failed");
+    served.log_line("TLS handshake failed");
 }
 
 #[test]
@@ -461,7 +384,7 @@ fn sighup_reloads_certificates_without_dropping_connections() {
     // A broken new key is refused and the old certificate stays in use.
     std::fs::write(live.join("server-key.pem"), "not a key").unwrap();
     kill("-HUP");
-    served.wait_log("new TLS certificates refused");
+    served.log_line("new TLS certificates refused");
     assert_eq!(
         python_tls(served.port(), &first, None, "old"),
         "reply:Echo: old"
@@ -472,7 +395,7 @@ fn sighup_reloads_certificates_without_dropping_connections() {
         std::fs::copy(second.join(f), live.join(f)).unwrap();
     }
     kill("-HUP");
-    served.wait_log("TLS certificates reloaded");
+    served.log_line("TLS certificates reloaded");
     assert_eq!(
         python_tls(served.port(), &second, None, "new"),
         "reply:Echo: new"
@@ -686,7 +609,7 @@ plugin = "{testkit}"
         ),
     )
     .unwrap();
-    let served = served::Served::start(&["--config", config.to_str().unwrap()]);
+    let served = Served::start(&["--config", config.to_str().unwrap()]);
     // Each client sends one line, then prints the first `lines` lines it gets back.
     let ask = |ca: &Path, name: &str, lines: usize| {
         let script = format!(

@@ -139,6 +139,20 @@ impl Served {
         false
     }
 
+    /// The first log line containing `text`, waiting for it up to `WAIT`.
+    pub fn log_line(&self, text: &str) -> String {
+        assert!(
+            self.wait_for_log(text),
+            "no log line with {text:?}; log:\n{}",
+            self.log()
+        );
+        self.log()
+            .lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// The admin endpoint's address, from the `pier: admin on ADDR` line.
     pub fn admin_addr(&self) -> String {
         assert!(
