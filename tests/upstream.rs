@@ -8,7 +8,7 @@
 #[path = "common/served.rs"]
 mod served;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -464,6 +464,24 @@ fn pier_send_repeat_reuses_pooled_connections() {
         backend.accepted()
     );
     assert!(backend.max_open() <= 4);
+
+    // Raw framing has no reply boundary: each request gets a fresh connection.
+    let raw = LineServer::start(0);
+    let out = pier()
+        .args([
+            "send",
+            &raw.addr(),
+            "ping\n",
+            "--repeat",
+            "5",
+            "--concurrency",
+            "1",
+        ])
+        .output()
+        .expect("pier send");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("5 ok, 0 failed"), "{stdout}");
+    assert_eq!(raw.accepted(), 5, "raw connections are not reused");
 }
 
 #[test]
@@ -547,10 +565,17 @@ address = "127.0.0.1:0"
 plugin = "proxy"
 framing = "lines"
 upstreams = ["small"]
+
+[[listener]]
+name = "binary"
+address = "127.0.0.1:0"
+plugin = "proxy"
+framing = "length-prefixed"
+upstreams = ["small"]
 "#,
         echo.addr()
     );
-    let (served, _dir) = serve("upstream-timeout", &toml, 2);
+    let (served, _dir) = serve("upstream-timeout", &toml, 3);
     // Two clients at once on a pool of one: the second waits for the connection, and both
     // end with a timeout instead of hanging.
     let front = served.addr_of("front");
@@ -573,6 +598,28 @@ upstreams = ["small"]
         "error: upstream small: frame-too-large"
     );
     assert!(small.ask("short again").ends_with(": short again"));
+
+    // A frame with a newline would reach a lines upstream as two requests: refused.
+    let mut binary = TcpStream::connect(served.addr_of("binary")).expect("connect");
+    binary
+        .set_read_timeout(Some(served::WAIT))
+        .expect("timeout");
+    let ask = |stream: &mut TcpStream, frame: &[u8]| -> String {
+        stream
+            .write_all(&(frame.len() as u32).to_be_bytes())
+            .expect("send");
+        stream.write_all(frame).expect("send");
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).expect("reply length");
+        let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut reply).expect("reply");
+        String::from_utf8(reply).expect("utf-8")
+    };
+    assert_eq!(
+        ask(&mut binary, b"two\nlines"),
+        "error: upstream small: invalid-frame"
+    );
+    assert!(ask(&mut binary, b"one line").ends_with(": one line"));
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //! Off by default; it binds only the address the operator names (`--admin`, `[admin]
 //! address`), and warns when that is not a loopback address: it has no authentication, and
 //! `/connections` shows every client's address and certificate subject. Served with axum on
-//! the control thread's runtime, away from the workers that serve clients.
+//! the control thread's runtime, away from the workers that serve clients; the walks over
+//! every connection or metric run on a blocking thread so they cannot delay the accept loops
+//! that share that runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,13 +70,24 @@ pub async fn serve(listener: TcpListener, deployer: Arc<Deployer>, stop: Cancell
 }
 
 async fn metrics() -> Response {
-    match crate::metrics::encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
-        Err(err) => {
+    match off_the_runtime(crate::metrics::encode).await {
+        Ok(Ok(text)) => {
+            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+        }
+        Ok(Err(err)) | Err(err) => {
             error!("cannot encode metrics: {err:#}");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")).into_response()
         }
     }
+}
+
+/// Runs `work` on a blocking thread: the admin endpoint shares its runtime with the accept
+/// loops, and walking every connection or every metric series of a large server must not
+/// delay an accept.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(work).await?)
 }
 
 async fn healthz() -> &'static str {
@@ -160,7 +173,14 @@ struct TlsEntry {
 }
 
 async fn connections(State(deployer): State<Arc<Deployer>>) -> Response {
-    let mut entries: Vec<ConnectionEntry> = tenants(&deployer)
+    match off_the_runtime(move || connection_entries(&deployer)).await {
+        Ok(entries) => axum::Json(entries).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")).into_response(),
+    }
+}
+
+fn connection_entries(deployer: &Deployer) -> Vec<ConnectionEntry> {
+    let mut entries: Vec<ConnectionEntry> = tenants(deployer)
         .into_iter()
         .flat_map(|(shared, _)| shared.hub.all_connection_stats())
         .map(|stats| {
@@ -187,7 +207,7 @@ async fn connections(State(deployer): State<Arc<Deployer>>) -> Response {
         })
         .collect();
     entries.sort_by_key(|e| e.id);
-    axum::Json(entries).into_response()
+    entries
 }
 
 async fn reload(State(deployer): State<Arc<Deployer>>) -> Response {

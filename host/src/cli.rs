@@ -345,9 +345,7 @@ fn init_logging(level: &str, format: LogFormat) {
 /// `default` made from the command line.
 fn serve_config(args: &ServeArgs) -> Result<Config> {
     if let Some(path) = &args.config {
-        let mut config = Config::load(path)?;
-        config.admin = args.admin.or(config.admin);
-        return Ok(config);
+        return Config::load(path);
     }
     let plugin = PluginRef::parse(args.plugin.as_deref().unwrap_or("echo"), Path::new(""))?;
     let framing = args
@@ -450,7 +448,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         drain_timeout: config.server.drain_timeout,
     };
     let watch = config.server.watch;
-    let admin = config.admin;
+    // `--admin` wins over the file; kept out of the config so that reloads compare the file
+    // with itself.
+    let admin = args.admin.or(config.admin);
     let source = args.config.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

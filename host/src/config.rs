@@ -38,6 +38,8 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
     /// `upstream.max_size`.
     pub const UPSTREAM_MAX_SIZE: usize = 10;
+    /// The largest `upstream.max_size` accepted.
+    pub const UPSTREAM_MAX_SIZE_LIMIT: usize = 10_000;
     /// `upstream.idle_timeout`.
     pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// `upstream.connect_timeout`.
@@ -503,6 +505,10 @@ fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamSpec> {
     }
     let max_size = match raw.max_size {
         Some(0) => bail!("max_size: must be at least 1"),
+        Some(n) if n > defaults::UPSTREAM_MAX_SIZE_LIMIT => bail!(
+            "max_size: at most {} connections per address",
+            defaults::UPSTREAM_MAX_SIZE_LIMIT
+        ),
         Some(n) => n,
         None => defaults::UPSTREAM_MAX_SIZE,
     };
@@ -741,6 +747,10 @@ mod tests {
         refused(&up("addresses = []"), "at least one host:port");
         refused(&up("addresses = [\"nohost\"]"), "is not host:port");
         refused(&up("addresses = [\"a:1\"]\nmax_size = 0"), "max_size");
+        refused(
+            &up("addresses = [\"a:1\"]\nmax_size = 99999999"),
+            "at most 10000",
+        );
         refused(
             &up("addresses = [\"a:1\"]\nframing = \"http\""),
             "raw, lines or length-prefixed",

@@ -214,7 +214,12 @@ impl Deployer {
                 },
             }
         }
-        *lock(&self.pools) = pools;
+        let replaced = std::mem::replace(&mut *lock(&self.pools), pools.clone());
+        for (name, old) in replaced {
+            if !pools.get(&name).is_some_and(|new| Arc::ptr_eq(new, &old)) {
+                old.retire();
+            }
+        }
         *current = next;
         Ok(report)
     }
@@ -226,7 +231,7 @@ impl Deployer {
         let mut pools = HashMap::new();
         for spec in &config.upstreams {
             let pool = match running.get(&spec.name) {
-                Some(pool) if pool.spec() == spec => pool.clone(),
+                Some(pool) if pool.serves(spec) => pool.clone(),
                 _ => Pool::new(spec.clone())?,
             };
             pools.insert(spec.name.clone(), pool);

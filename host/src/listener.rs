@@ -205,6 +205,9 @@ impl ListenerShared {
     /// Marks the listener (and its routes) as no longer accepting.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
+        let current = self.slot.current();
+        self.metrics
+            .retire_version(&current.plugin.name, &current.plugin.version);
         for (_, route) in &self.routes {
             route.retire();
         }

@@ -25,10 +25,11 @@ use crate::runtime::FaultKind;
 /// The content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Guest call durations: 1 µs (a small echo) up to the default 1 s call deadline.
-const CALL_BUCKETS: [f64; 16] = [
+/// Guest call durations: 1 µs (a small echo) up to the default 1 s call deadline, and beyond
+/// for calls that waited on upstreams (whose wait is bounded by `request_timeout`).
+const CALL_BUCKETS: [f64; 18] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 0.5,
-    1.0,
+    1.0, 5.0, 10.0,
 ];
 
 /// Upstream request durations: 50 µs (loopback) up to 10 s.
@@ -131,7 +132,7 @@ impl Families {
             ),
             upstream_requests: counter(
                 "pier_upstream_requests_total",
-                "Upstream requests by result: ok, unavailable, timeout, frame-too-large.",
+                "Upstream requests by result: ok, unavailable, timeout, frame-too-large, invalid-frame.",
                 &["upstream", "result"],
             ),
             connections_open: gauge(
@@ -408,8 +409,8 @@ pub struct UpstreamMetrics {
     pub waits: IntCounter,
     /// Failed connection attempts.
     pub connect_failed: IntCounter,
-    /// Results, in `ok`, `unavailable`, `timeout`, `frame-too-large` order.
-    results: [IntCounter; 4],
+    /// Results, in `ok`, `unavailable`, `timeout`, `frame-too-large`, `invalid-frame` order.
+    results: [IntCounter; 5],
     duration: Histogram,
 }
 
@@ -425,8 +426,14 @@ impl UpstreamMetrics {
             stale: f.upstream_closed.with_label_values(&[name, "stale"]),
             waits: f.upstream_waits.with_label_values(&[name]),
             connect_failed: f.upstream_connect_failures.with_label_values(&[name]),
-            results: ["ok", "unavailable", "timeout", "frame-too-large"]
-                .map(|r| f.upstream_requests.with_label_values(&[name, r])),
+            results: [
+                "ok",
+                "unavailable",
+                "timeout",
+                "frame-too-large",
+                "invalid-frame",
+            ]
+            .map(|r| f.upstream_requests.with_label_values(&[name, r])),
             duration: f.upstream_duration.with_label_values(&[name]),
         }
     }
@@ -443,6 +450,7 @@ impl UpstreamMetrics {
             Err(E::Unavailable | E::NotGranted) => 1,
             Err(E::Timeout) => 2,
             Err(E::FrameTooLarge) => 3,
+            Err(E::InvalidFrame) => 4,
         };
         self.results[i].inc();
         self.duration.observe(took.as_secs_f64());

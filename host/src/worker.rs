@@ -46,6 +46,11 @@ pub const MAX_CONCURRENT_CALLS: usize = 4;
 /// plugin: about 1 MiB reserved, a few hundred KiB touched).
 pub const MAX_CONCURRENT_UPSTREAM_CALLS: usize = 64;
 
+/// Idle instances a worker keeps for a listener that grants upstreams: enough that steady
+/// concurrent requests rarely instantiate, few enough that a burst does not hold many of the
+/// process-wide instance slots (`RuntimeConfig::max_instances`) afterwards.
+pub const UPSTREAM_IDLE_INSTANCES: usize = 8;
+
 /// One worker's plugin instances, pooled per listener (tenant) it has served.
 pub struct Instances {
     runtime: Arc<Runtime>,
@@ -80,7 +85,7 @@ impl Instances {
                     keep_idle: if concurrency == MAX_CONCURRENT_CALLS {
                         1
                     } else {
-                        concurrency
+                        UPSTREAM_IDLE_INSTANCES
                     },
                 })
             })
@@ -114,9 +119,8 @@ pub struct TenantInstances {
     limits: crate::runtime::InstanceLimits,
     /// The instance ready for the next call (at most one is kept).
     idle: RefCell<Vec<PluginInstance>>,
-    /// Most idle instances kept: one, or for listeners whose calls wait on upstreams, as many
-    /// as may run at once (dropping and re-creating them under steady concurrency would cost
-    /// an instantiation per request).
+    /// Most idle instances kept: one, or [`UPSTREAM_IDLE_INSTANCES`] for listeners whose calls
+    /// wait on upstreams (re-creating one per request would cost an instantiation each).
     keep_idle: usize,
     turns: Semaphore,
 }

@@ -31,6 +31,7 @@ fn reason(err: UpstreamError) -> &'static str {
         UpstreamError::Unavailable => "unavailable",
         UpstreamError::Timeout => "timeout",
         UpstreamError::FrameTooLarge => "frame-too-large",
+        UpstreamError::InvalidFrame => "invalid-frame",
     }
 }
 

@@ -63,6 +63,9 @@ pub struct HostState {
     /// Epoch ticks the running call (or instantiation) has spent running guest code — not
     /// waiting while it yielded to other connections — for the call deadline.
     pub(crate) call_ticks: u64,
+    /// Set when an upstream request resumed the call: the epoch tick that passed while the
+    /// call waited is not charged against its deadline (see `instance::time_slice`).
+    pub(crate) resumed_from_wait: bool,
     /// Set for the scratch instance that checks a plugin at load: its guest logs and output
     /// are dropped, so loading a plugin does not look like serving one.
     pub(crate) quiet: bool,
@@ -107,6 +110,7 @@ impl HostState {
             config,
             refused_sends: 0,
             call_ticks: 0,
+            resumed_from_wait: false,
             quiet: false,
             wasi: None,
             table: wasmtime_wasi::ResourceTable::new(),
@@ -118,6 +122,7 @@ impl HostState {
         self.current = Some(id);
         self.refused_sends = 0;
         self.call_ticks = 0;
+        self.resumed_from_wait = false;
     }
 }
 
@@ -449,12 +454,15 @@ impl upstream::Host for HostState {
         let Some(pool) = self.ctx.upstreams.get(&name) else {
             return Err(W::NotGranted);
         };
-        match pool.request(Bytes::from(frame)).await {
+        let result = pool.request(Bytes::from(frame)).await;
+        self.resumed_from_wait = true;
+        match result {
             Ok(reply) => Ok(reply.to_vec()),
             Err(E::NotGranted) => Err(W::NotGranted),
             Err(E::Unavailable) => Err(W::Unavailable),
             Err(E::Timeout) => Err(W::Timeout),
             Err(E::FrameTooLarge) => Err(W::FrameTooLarge),
+            Err(E::InvalidFrame) => Err(W::InvalidFrame),
         }
     }
 

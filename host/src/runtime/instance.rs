@@ -473,6 +473,10 @@ pub(crate) fn time_slice(store: &mut Store<HostState>, deadline: std::time::Dura
     store.epoch_deadline_callback(move |mut ctx| {
         let ticks = {
             let state = ctx.data_mut();
+            if std::mem::take(&mut state.resumed_from_wait) {
+                // The epoch moved while the call waited for an upstream, not while it ran.
+                return Ok(wasmtime::UpdateDeadline::Continue(1));
+            }
             state.call_ticks += 1;
             state.call_ticks
         };

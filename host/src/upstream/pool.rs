@@ -18,14 +18,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::{Bytes, BytesMut};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
@@ -54,6 +54,10 @@ pub enum UpstreamError {
     /// The request or the reply is larger than the upstream's `max_frame`.
     #[error("frame too large")]
     FrameTooLarge,
+    /// The request cannot be delimited with the upstream's framing (a newline inside a
+    /// `lines` frame).
+    #[error("invalid frame")]
+    InvalidFrame,
 }
 
 impl UpstreamError {
@@ -64,6 +68,7 @@ impl UpstreamError {
             UpstreamError::Unavailable => "unavailable",
             UpstreamError::Timeout => "timeout",
             UpstreamError::FrameTooLarge => "frame-too-large",
+            UpstreamError::InvalidFrame => "invalid-frame",
         }
     }
 }
@@ -75,6 +80,12 @@ pub struct Pool {
     /// Round-robin position.
     next: AtomicUsize,
     metrics: UpstreamMetrics,
+    /// SHA-256 over the TLS files' contents when the pool was built, so a reload can tell
+    /// that a certificate was renewed even though the paths are the same.
+    tls_digest: Option<Vec<u8>>,
+    /// Set once a reload replaced or removed this upstream: the pool finishes what it is doing
+    /// but no longer publishes its sizes (its successor does).
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -195,9 +206,11 @@ impl Pool {
         }
         let pool = Arc::new(Pool {
             metrics: UpstreamMetrics::new(&spec.name),
+            tls_digest: tls_digest(&spec)?,
             spec,
             addresses,
             next: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
         });
         super::runtime().spawn(sweep_idle(Arc::downgrade(&pool)));
         Ok(pool)
@@ -206,6 +219,19 @@ impl Pool {
     /// The upstream's settings.
     pub fn spec(&self) -> &UpstreamSpec {
         &self.spec
+    }
+
+    /// Whether a pool built for `spec` now would be this one: same settings and the same TLS
+    /// file contents.
+    pub fn serves(&self, spec: &UpstreamSpec) -> bool {
+        self.spec == *spec && tls_digest(spec).ok().flatten() == self.tls_digest
+    }
+
+    /// Marks the pool as replaced by a reload: requests already running finish, and its sizes
+    /// stop being published (they read 0 until a successor publishes its own).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.metrics.set_sizes(0, 0);
     }
 
     /// Sends `frame` and returns the reply frame, doing the I/O on the caller's runtime (see
@@ -305,13 +331,20 @@ impl Pool {
             }
         };
         *lock(&address.down_until) = None;
-        let result = match conn.exchange(frame, self.spec.framing).await {
+        let result = conn.exchange(frame, self.spec.framing).await;
+        let result = match result {
             Ok(reply) => {
                 self.put_back(address, conn);
                 Ok(reply)
             }
-            Err(Exchange::NothingBack) => Err(Attempt::Failed(UpstreamError::Unavailable)),
-            Err(Exchange::Failed(err)) => Err(Attempt::Failed(err)),
+            Err(err) => {
+                // Closed before its busy slot is freed, so idle + busy stays within max_size.
+                drop(conn);
+                Err(Attempt::Failed(match err {
+                    Exchange::NothingBack => UpstreamError::Unavailable,
+                    Exchange::Failed(err) => err,
+                }))
+            }
         };
         drop(permit);
         result
@@ -323,10 +356,11 @@ impl Pool {
         loop {
             let entry = lock(&address.idle).pop_back()?;
             let mut conn = entry.conn;
-            if entry.since.elapsed() < self.spec.idle_timeout
-                && conn.is_alive()
-                && conn.stream.socket().attach().is_ok()
-            {
+            if entry.since.elapsed() >= self.spec.idle_timeout {
+                self.metrics.expired.inc();
+                continue;
+            }
+            if conn.stream.socket().attach().is_ok() && conn.is_quiet() {
                 return Some(conn);
             }
             self.metrics.stale.inc();
@@ -336,6 +370,11 @@ impl Pool {
     /// Returns a connection after a complete exchange; one with bytes left over (a reply the
     /// framing did not expect) is out of step and closed instead.
     fn put_back(&self, address: &Address, mut conn: Conn) {
+        if self.spec.framing == Framing::Raw {
+            // A raw reply is whatever one read returned; the rest of a reply split across
+            // segments could still be on its way and would answer the next request.
+            return;
+        }
         if !conn.buf.is_empty() {
             warn!(upstream = %self.spec.name, address = %address.addr, "the upstream sent more than one reply; connection closed");
             return;
@@ -352,6 +391,9 @@ impl Pool {
 
     /// Publishes the pool's open and idle connection counts.
     fn update_sizes(&self) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let idle: usize = self.addresses.iter().map(|a| lock(&a.idle).len()).sum();
         self.metrics.set_sizes(self.open_connections(), idle);
     }
@@ -396,22 +438,29 @@ impl Address {
 }
 
 impl Conn {
-    /// Whether the upstream still has this connection open, without blocking: a socket with
-    /// nothing to read is alive; end-of-stream, an error or bytes nobody asked for are not.
-    ///
-    /// On TLS, bytes waiting may be a session ticket or key update rather than data, so only
-    /// end-of-stream and errors count there (a close_notify shows up as a stale exchange,
-    /// which is retried).
-    fn is_alive(&self) -> bool {
-        match &self.stream {
-            Stream::Plain(socket) => socket.is_open(false),
-            Stream::Tls(tls) => tls.get_ref().0.is_open(true),
-        }
+    /// Whether a connection just taken from the pool (and attached) is still open and in step:
+    /// one read is attempted without waiting. Nothing to read means alive; end-of-stream or an
+    /// error means the upstream closed it; data means a reply nobody asked for (the protocol is
+    /// out of step). On TLS the read goes through rustls, so session tickets and key updates
+    /// are consumed as protocol messages and only application data counts.
+    fn is_quiet(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let polled = match &mut self.stream {
+            Stream::Plain(socket) => std::pin::Pin::new(socket).poll_read(&mut cx, &mut buf),
+            Stream::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_read(&mut cx, &mut buf),
+        };
+        matches!(polled, std::task::Poll::Pending)
     }
 
     /// Writes one request frame and reads one reply frame.
     async fn exchange(&mut self, frame: &[u8], framing: Framing) -> Result<Bytes, Exchange> {
         let mut out = BytesMut::with_capacity(frame.len() + 8);
+        if framing == Framing::Lines && frame.contains(&b'\n') {
+            // It would arrive as two requests and be answered twice.
+            return Err(Exchange::Failed(UpstreamError::InvalidFrame));
+        }
         framing
             .encode(frame, &mut out)
             .map_err(|_| Exchange::Failed(UpstreamError::FrameTooLarge))?;
@@ -428,6 +477,10 @@ impl Conn {
         let mut got_any = false;
         loop {
             match self.decoder.decode(&mut self.buf) {
+                // A raw reply is one read; a read longer than the limit was cut.
+                Ok(Some(_)) if framing == Framing::Raw && !self.buf.is_empty() => {
+                    return Err(Exchange::Failed(UpstreamError::FrameTooLarge));
+                }
                 Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {}
                 Err(crate::framing::FrameError::TooLarge { .. }) => {
@@ -453,6 +506,22 @@ impl Conn {
             }
         }
     }
+}
+
+/// SHA-256 over the contents of the upstream's TLS files (none without TLS).
+fn tls_digest(spec: &UpstreamSpec) -> Result<Option<Vec<u8>>> {
+    use sha2::{Digest, Sha256};
+    let Some(tls) = &spec.tls else {
+        return Ok(None);
+    };
+    let mut hash = Sha256::new();
+    for path in [&tls.ca, &tls.cert, &tls.key].into_iter().flatten() {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("upstream `{}`: cannot read {}", spec.name, path.display()))?;
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
+    }
+    Ok(Some(hash.finalize().to_vec()))
 }
 
 /// Closes idle connections older than `idle_timeout`, until the pool is dropped.

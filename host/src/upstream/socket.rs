@@ -47,24 +47,6 @@ impl Socket {
         Ok(())
     }
 
-    /// Whether the peer of a pooled (detached) socket still has the connection open, without
-    /// blocking or consuming anything: true if nothing is waiting, false at end-of-stream or
-    /// on an error; bytes waiting count as open only when `data_ok`. An attached socket is in
-    /// use and counts as open.
-    pub fn is_open(&self, data_ok: bool) -> bool {
-        let mut probe = [0u8; 1];
-        let peeked = match self {
-            Socket::Detached(std) => std.peek(&mut probe),
-            Socket::Attached(_) => return true,
-            Socket::Gone => return false,
-        };
-        match peeked {
-            Err(err) => err.kind() == io::ErrorKind::WouldBlock,
-            Ok(0) => false,
-            Ok(_) => data_ok,
-        }
-    }
-
     fn attached(self: Pin<&mut Self>) -> io::Result<Pin<&mut TcpStream>> {
         match self.get_mut() {
             Socket::Attached(stream) => Ok(Pin::new(stream)),
