@@ -158,18 +158,23 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
                 if let Some(message) = refusal.message {
                     conn.queue_reply(&message);
                 }
+                // Out of `peers` before the client can see the close: a plugin counting
+                // connections must not count one whose client already saw it end.
+                listener.hub.begin_close(id);
                 conn.finish().await;
                 return;
             }
             Err(_fault) => {
                 // Logged by the instance; the plugin never accepted the connection.
+                listener.hub.begin_close(id);
                 conn.finish().await;
                 return;
             }
         };
-        conn.finish().await;
-        // Out of groups and peers, sends refused, attributes still readable for on-close.
+        // Out of groups and peers, sends refused, attributes still readable for on-close — and
+        // all that before the client sees the close. Frames already queued are still written.
         listener.hub.begin_close(id);
+        conn.finish().await;
         debug!(reason = ?reason, "closed");
         conn.instances.lease().await.on_close(id, reason).await;
         drop(registration);
