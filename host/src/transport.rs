@@ -36,14 +36,14 @@ impl Transport {
     /// stream. Cancel-safe: nothing is lost if the future is dropped before it completes.
     pub async fn read_some(&mut self, buf: &mut BytesMut, limit: usize) -> io::Result<usize> {
         let limit = limit.clamp(1, READ_CHUNK);
+        // Through `AsyncRead` rather than `readable` + `try_read`: tokio's `poll_read` treats a
+        // read shorter than the buffer as proof the socket is drained and waits for epoll next
+        // time, where `try_read` keeps the readiness and pays a second, empty `recv` per frame.
         match self {
-            Transport::Plain(stream) => loop {
-                stream.readable().await?;
-                if let Some(n) = try_read_plain(stream, buf, limit)? {
-                    return Ok(n);
-                }
-            },
-            Transport::Tls(stream) => poll_fn(|cx| poll_read_tls(stream, cx, buf, limit)).await,
+            Transport::Plain(stream) => poll_fn(|cx| poll_read_into(stream, cx, buf, limit)).await,
+            Transport::Tls(stream) => {
+                poll_fn(|cx| poll_read_into(stream.as_mut(), cx, buf, limit)).await
+            }
         }
     }
 
@@ -54,7 +54,7 @@ impl Transport {
             Transport::Plain(stream) => try_read_plain(stream, buf, limit),
             Transport::Tls(stream) => {
                 let mut cx = Context::from_waker(Waker::noop());
-                match poll_read_tls(stream, &mut cx, buf, limit) {
+                match poll_read_into(stream.as_mut(), &mut cx, buf, limit) {
                     Poll::Ready(result) => result.map(Some),
                     Poll::Pending => Ok(None),
                 }
@@ -97,8 +97,9 @@ fn try_read_plain(
     })
 }
 
-fn poll_read_tls(
-    stream: &mut TlsStream<TcpStream>,
+/// One read of at most `limit` bytes into the scratch buffer, appended to `buf`.
+fn poll_read_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
     limit: usize,
