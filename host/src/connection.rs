@@ -145,7 +145,10 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             deployment: listener.slot.current(),
         };
 
-        let opened = conn.instances.lease().await.on_open(&record).await;
+        // Guest-call futures (wasmtime's fiber state, the lease, the batch) are boxed while they
+        // run: inline, the largest of them would set the size of every connection's task for
+        // its whole life, idle or not (4.4 KiB measured, against ~1 KiB boxed).
+        let opened = Box::pin(async { conn.instances.lease().await.on_open(&record).await }).await;
         let reason = match opened {
             Ok(Ok(greeting)) => {
                 if let Some(greeting) = greeting {
@@ -176,7 +179,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         listener.hub.begin_close(id);
         conn.finish().await;
         debug!(reason = ?reason, "closed");
-        conn.instances.lease().await.on_close(id, reason).await;
+        Box::pin(async { conn.instances.lease().await.on_close(id, reason).await }).await;
         drop(registration);
         drop(admitted);
     }
@@ -336,7 +339,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = &mut self.signals.drain => {
-                    self.drain_on_shutdown().await;
+                    Box::pin(self.drain_on_shutdown()).await;
                     return CloseReason::Shutdown;
                 }
 
@@ -344,7 +347,7 @@ impl Connection {
                     Some(timers) => timers.poll_expired(cx),
                     None => std::task::Poll::Ready(None),
                 }), if self.timers.as_ref().is_some_and(|t| !t.is_empty()) => {
-                    if let Err(reason) = self.fire_timer(expired.into_inner()).await {
+                    if let Err(reason) = Box::pin(self.fire_timer(expired.into_inner())).await {
                         return reason;
                     }
                 }
@@ -361,7 +364,7 @@ impl Connection {
                 }
                 read = self.transport.read_some(&mut self.read_buf, self.decoder.read_hint()) => match read {
                     Ok(0) => {
-                        if let Err(reason) = self.handle_frames(true).await {
+                        if let Err(reason) = Box::pin(self.handle_frames(true)).await {
                             return reason;
                         }
                         return self.closing.unwrap_or(CloseReason::PeerClosed);
@@ -371,7 +374,8 @@ impl Connection {
                         if let Some(idle) = self.idle.as_mut() {
                             idle.last = tokio::time::Instant::now();
                         }
-                        if let Err(reason) = self.handle_frames(false).await {
+                        // Boxed for the reason given in `serve`.
+                        if let Err(reason) = Box::pin(self.handle_frames(false)).await {
                             return reason;
                         }
                         if self.read_buf.is_empty() {
