@@ -58,6 +58,14 @@ pub struct Instances {
 }
 
 impl Instances {
+    /// No instances yet: they are made on a listener's first connection on this worker.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Instances {
+            runtime,
+            map: RefCell::new(HashMap::new()),
+        }
+    }
+
     /// This worker's instances of `listener`'s plugin. Also frees those of listeners that were
     /// removed or restarted and that no connection on this worker uses any more.
     pub fn get(&self, listener: &ListenerShared) -> Rc<TenantInstances> {
@@ -289,10 +297,7 @@ fn worker_main(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let tracker = TaskTracker::new();
-        let instances = Rc::new(Instances {
-            runtime,
-            map: RefCell::new(HashMap::new()),
-        });
+        let instances = Rc::new(Instances::new(runtime));
         loop {
             let job = tokio::select! {
                 job = jobs.recv() => match job {
