@@ -650,6 +650,21 @@ fn bench_checks_replies_and_compare_measures_pier_next_to_native() {
 }
 
 #[test]
+fn bench_idle_gives_no_figure_when_the_server_refuses_some_connections() {
+    let served = Served::start(&["--max-connections", "20"]);
+    let pid = served.child.id().to_string();
+    let out = run(pier().args(["bench", &served.addr, "--idle", "40", "--server-pid", &pid]));
+    assert!(!out.status.success(), "a figure was reported");
+    assert!(
+        stderr_of(&out).contains("closed 20 of 40 idle connections"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(pier().args(["bench", &served.addr, "--idle", "20", "--server-pid", &pid]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+#[test]
 fn bench_compares_over_tls_and_measures_handshakes() {
     for extra in [&[][..], &["--reconnect"][..]] {
         let out = run(pier()

@@ -471,7 +471,16 @@ async fn idle_memory(addr: &str, pid: u32, count: usize) -> Result<Value> {
     // Let the server accept and register every connection.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = procstat::resident_bytes(pid).context("cannot read the server's memory")?;
+    // A figure per connection is only true if the server holds them all: one that refused
+    // some (a connection limit, an fd limit) has closed them by now.
+    let closed = held.iter().filter(|stream| was_closed(stream)).count();
     drop(held);
+    if closed > 0 {
+        bail!(
+            "the server closed {closed} of {count} idle connections (its connection or \
+             open-file limit?): no figure per connection"
+        );
+    }
     let per = after.saturating_sub(before) as f64 / count as f64;
     Ok(json!({
         "connections": count,
@@ -479,6 +488,20 @@ async fn idle_memory(addr: &str, pid: u32, count: usize) -> Result<Value> {
         "rss_after_bytes": after,
         "bytes_per_connection": per,
     }))
+}
+
+/// Whether the server has closed `stream` (end of stream or an error); bytes it sent, such as
+/// a greeting, are read and ignored.
+fn was_closed(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
 }
 
 async fn idle(args: &BenchArgs, count: usize) -> Result<Value> {
@@ -508,6 +531,9 @@ async fn idle(args: &BenchArgs, count: usize) -> Result<Value> {
         "warn".into(),
         "serve".into(),
         args.plugin.clone(),
+        // The default limit (10,000) would refuse the rest of a larger count.
+        "--max-connections".into(),
+        count.max(1).to_string(),
     ]
     .into_iter()
     .chain(listen)
