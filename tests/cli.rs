@@ -212,12 +212,20 @@ fn send_failures_are_one_line_and_non_zero() {
     drop(silent);
 }
 
+/// Runs `pier serve ARGS`, which must fail, and returns its one line of output: nothing else
+/// may be printed (no drain or shutdown lines for a server that never started).
 fn serve_error(args: &[&str]) -> String {
     let out = run(pier().arg("serve").args(args));
     assert!(!out.status.success(), "pier serve {args:?} should fail");
     let err = stderr_of(&out);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("pier: ")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {err}");
+    assert!(lines[0].starts_with("pier: "), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     lines[0].to_string()
 }
 
@@ -270,6 +278,68 @@ fn start_up_errors_are_one_clear_line() {
     std::fs::write(&garbage, b"\0asm\x0d\0\x01\0\xff\xff\xff").unwrap();
     let line = serve_error(&[garbage.to_str().unwrap()]);
     assert!(line.contains("not a valid WebAssembly component"), "{line}");
+
+    // The admin address is bound before any listener: taken, it is the only line too.
+    let line = serve_error(&["--listen", "127.0.0.1:0", "--admin", &addr]);
+    assert_eq!(
+        line,
+        format!("pier: admin endpoint: address {addr} is already in use")
+    );
+
+    // In a config, a later listener's address in use stops start-up before any listener
+    // serves: no `listening on` line for the first one.
+    let config = dir.join("two.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"first\"\naddress = \"127.0.0.1:0\"\nplugin = \"echo\"\n\
+             [[listener]]\nname = \"second\"\naddress = \"{addr}\"\nplugin = \"echo\"\n"
+        ),
+    )
+    .unwrap();
+    let line = serve_error(&["--config", config.to_str().unwrap()]);
+    assert_eq!(
+        line,
+        format!("pier: listener `second`: address {addr} is already in use")
+    );
+
+    // A bare number where a duration belongs: the example says what to write.
+    let config = dir.join("bare-number.toml");
+    std::fs::write(
+        &config,
+        "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\nplugin = \"echo\"\n\
+         [listener.limits]\ncall_deadline = 500\n",
+    )
+    .unwrap();
+    let out = run(pier().args(["serve", "--config", config.to_str().unwrap()]));
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("expected a duration such as \"500ms\""),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn serve_help_lists_every_built_in_plugin_and_its_framing() {
+    let out = run(pier().args(["serve", "--help"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for builtin in pier::builtin::BUILTINS {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{} ", builtin.name))),
+            "`{}` is not listed:\n{help}",
+            builtin.name
+        );
+        // clap wraps long help lines, so compare with the whitespace collapsed.
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains(&format!("{} {}", builtin.name, builtin.framing)),
+            "`{}`'s framing is not listed:\n{help}",
+            builtin.name
+        );
+    }
 }
 
 #[test]

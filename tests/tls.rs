@@ -643,3 +643,67 @@ plugin = "{testkit}"
     // Everyone else gets the listener's own plugin, echo (which does not greet).
     assert_eq!(ask(&default, "localhost", 1), "Echo: whoami");
 }
+
+/// `pier serve ARGS` must fail with exactly one line; returns it.
+fn serve_error(args: &[&str]) -> String {
+    let out = pier()
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "pier serve {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn tls_start_up_errors_say_what_is_wrong_in_one_line() {
+    let a = tmp("startup-a");
+    generate(&a);
+    let b = tmp("startup-b");
+    generate(&b);
+    let (cert, key) = (a.join("server.pem"), b.join("server-key.pem"));
+    // A key from another `pier cert generate` run.
+    assert_eq!(
+        serve_error(&[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap()
+        ]),
+        format!(
+            "pier: the private key in {} does not match the certificate in {} (it belongs to \
+             another certificate)",
+            key.display(),
+            cert.display()
+        )
+    );
+    // The certificate given as the key.
+    assert_eq!(
+        serve_error(&[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            cert.to_str().unwrap()
+        ]),
+        format!(
+            "pier: no private key in {} (it holds a certificate)",
+            cert.display()
+        )
+    );
+    // The client side says the same about its own pair.
+    let plain = Served::start(&[]);
+    let out = pier()
+        .args(["send", &plain.addr, "x", "--tls", "--insecure", "--cert"])
+        .arg(a.join("client.pem"))
+        .arg("--key")
+        .arg(b.join("client-key.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match the certificate in"), "{err}");
+}

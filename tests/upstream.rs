@@ -591,6 +591,12 @@ upstreams = ["small"]
             "error: upstream silent: timeout"
         );
     }
+    // The log says where the request went, not only which upstream it was.
+    let line = served.log_line("request failed: timed out");
+    assert!(
+        line.contains("upstream=silent") && line.contains(&format!("addresses={silent_addr}")),
+        "{line}"
+    );
     let mut small = LineClient::connect(&served.addr_of("small"));
     assert!(small.ask("short").ends_with(": short"));
     assert_eq!(

@@ -42,6 +42,16 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<SocketAddr> {
     let listener = crate::deploy::bind(addr).await?;
+    spawn(listener, deployer, stop)
+}
+
+/// Serves the admin endpoints on an already bound `listener` until `stop` is cancelled (so a
+/// caller can bind it before starting anything else). Returns the bound address.
+pub fn spawn(
+    listener: TcpListener,
+    deployer: Arc<Deployer>,
+    stop: CancellationToken,
+) -> Result<SocketAddr> {
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         warn!(

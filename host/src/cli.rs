@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Config, ListenerSpec, PluginRef, ServerSection};
 use crate::deploy::Deployer;
@@ -105,8 +105,8 @@ pub struct NewArgs {
 /// `pier serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A plugin: a `.wasm` component file or a built-in: echo, chat, http, stats, lpjson
-    /// (default: echo).
+    /// A plugin: a `.wasm` component file or a built-in (default: echo). The built-ins are
+    /// listed from `builtin::BUILTINS` at start-up (see `parse_args`).
     pub plugin: Option<String>,
 
     /// Serve the listeners of this pier.toml instead of one plugin; SIGHUP re-reads it.
@@ -143,8 +143,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub admin: Option<SocketAddr>,
 
-    /// How frames are delimited. Default: the built-in plugin's own framing (echo raw, chat and
-    /// stats lines, http http, lpjson length-prefixed), or raw for a file.
+    /// How frames are delimited. Default: the built-in plugin's own framing, or raw for a file
+    /// (each built-in's is listed at start-up, see `parse_args`).
     #[arg(long, value_enum)]
     pub framing: Option<Framing>,
 
@@ -297,7 +297,7 @@ pub use crate::config::parse_size;
 
 /// Entry point of the binary: runs the command and turns an error into one stderr line.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_args();
     init_logging(&cli.log_level, cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -318,6 +318,57 @@ pub fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line, with the built-in plugins listed in `pier serve --help` from
+/// [`crate::builtin::BUILTINS`] (a doc comment would go stale when one is added).
+fn parse_args() -> Cli {
+    let command = Cli::command().mut_subcommand("serve", |serve| {
+        serve
+            .mut_arg("plugin", |arg| arg.help(plugin_help()))
+            .mut_arg("framing", |arg| arg.help(framing_help()))
+    });
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit())
+}
+
+/// `pier serve PLUGIN`'s help: what a plugin can be, and every built-in with its summary.
+fn plugin_help() -> String {
+    let width = crate::builtin::BUILTINS
+        .iter()
+        .map(|b| b.name.len())
+        .max()
+        .unwrap_or(0);
+    let framing_width = crate::builtin::BUILTINS
+        .iter()
+        .map(|b| b.framing.name().len())
+        .max()
+        .unwrap_or(0);
+    let mut help = String::from(
+        "A plugin: a `.wasm` component file or a built-in (default: echo). Built-ins, with the \
+         framing they use unless --framing says otherwise:",
+    );
+    for builtin in crate::builtin::BUILTINS {
+        help.push_str(&format!(
+            "\n  {:width$}  {:framing_width$}  {}",
+            builtin.name,
+            builtin.framing.name(),
+            builtin.summary
+        ));
+    }
+    help
+}
+
+/// `pier serve --framing`'s help, naming each built-in's own framing.
+fn framing_help() -> String {
+    let own: Vec<String> = crate::builtin::BUILTINS
+        .iter()
+        .map(|b| format!("{} {}", b.name, b.framing))
+        .collect();
+    format!(
+        "How frames are delimited. Default: the built-in plugin's own framing ({}), or raw for a \
+         file.",
+        own.join(", ")
+    )
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -457,6 +508,12 @@ fn serve(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        // The admin address is bound before any listener starts, so that every start-up
+        // failure happens while nothing is serving yet: one error line, nothing to drain.
+        let admin_listener = match admin {
+            Some(addr) => Some(crate::deploy::bind(addr).await.context("admin endpoint")?),
+            None => None,
+        };
         let server = Server::new(runtime.clone(), &server_config)?;
         let deployer = Deployer::new(runtime, server.clone(), config, source);
         if let Err(err) = deployer.start().await {
@@ -464,8 +521,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             return Err(err);
         }
         let stop_admin = tokio_util::sync::CancellationToken::new();
-        if let Some(addr) = admin {
-            match crate::admin::start(addr, deployer.clone(), stop_admin.clone()).await {
+        if let Some(listener) = admin_listener {
+            match crate::admin::spawn(listener, deployer.clone(), stop_admin.clone()) {
                 Ok(bound) => eprintln!("pier: admin on {bound}"),
                 Err(err) => {
                     server.shutdown().await;

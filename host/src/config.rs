@@ -221,9 +221,9 @@ struct RawUpstream {
     framing: Option<String>,
     max_frame: Option<RawSize>,
     max_size: Option<usize>,
-    idle_timeout: Option<String>,
-    connect_timeout: Option<String>,
-    request_timeout: Option<String>,
+    idle_timeout: Option<RawDuration>,
+    connect_timeout: Option<RawDuration>,
+    request_timeout: Option<RawDuration>,
     tls: Option<RawUpstreamTls>,
 }
 
@@ -247,7 +247,7 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     workers: Option<usize>,
-    drain_timeout: Option<String>,
+    drain_timeout: Option<RawDuration>,
     cache_dir: Option<PathBuf>,
     watch: Option<bool>,
 }
@@ -279,7 +279,7 @@ struct RawTls {
     client_cert_optional: bool,
     #[serde(default)]
     alpn: Vec<String>,
-    handshake_timeout: Option<String>,
+    handshake_timeout: Option<RawDuration>,
     #[serde(default)]
     sni: Vec<RawSni>,
 }
@@ -300,10 +300,61 @@ struct RawLimits {
     max_connections_per_address: Option<usize>,
     new_connections_per_second: Option<u32>,
     memory: Option<RawSize>,
-    call_deadline: Option<String>,
-    idle_timeout: Option<String>,
+    call_deadline: Option<RawDuration>,
+    idle_timeout: Option<RawDuration>,
     write_queue: Option<usize>,
     slow_consumer: Option<String>,
+}
+
+/// A duration, written as text with a unit (`"500ms"`, `"10s"`). A bare number is refused
+/// with an example, since its unit would be a guess.
+struct RawDuration(String);
+
+impl std::ops::Deref for RawDuration {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"500ms\" or \"10s\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration(text.to_string()))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawDuration, E> {
+                Err(bare_number(n, &format!("\"{n}ms\" or \"{n}s\"")))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawDuration, E> {
+                Err(bare_number(n, &format!("\"{n}ms\" or \"{n}s\"")))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<RawDuration, E> {
+                // humantime takes whole numbers only.
+                Err(bare_number(n, "\"500ms\" or \"2s\""))
+            }
+        }
+
+        fn bare_number<E: serde::de::Error>(n: impl std::fmt::Display, examples: &str) -> E {
+            E::custom(format!(
+                "expected a duration such as {examples}, not the bare number {n}"
+            ))
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A size written as a number of bytes or as text (`"1MiB"`).
@@ -333,8 +384,7 @@ impl Config {
 
     /// Validates `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let server = ServerSection {
             workers: match raw.server.workers {
@@ -666,6 +716,23 @@ fn tls_options(raw: RawTls, base: &Path) -> Result<(TlsOptions, Vec<(String, Plu
     Ok((options, routes))
 }
 
+/// A TOML error as one line: where, the line itself, and what is wrong (the parser's own
+/// rendering spreads over five lines, and start-up errors are one).
+fn toml_error(text: &str, err: &toml::de::Error) -> anyhow::Error {
+    let Some(span) = err.span() else {
+        return anyhow!("{}", err.message());
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let number = text[..start].matches('\n').count() + 1;
+    anyhow!(
+        "line {number} (`{}`): {}",
+        text[line_start..line_end].trim(),
+        err.message()
+    )
+}
+
 fn opt_duration(text: Option<&str>, key: &str) -> Result<Option<Duration>> {
     text.map(|t| parse_duration(t).map_err(|e| anyhow!("{key}: {e}")))
         .transpose()
@@ -876,6 +943,25 @@ mod tests {
                 "{extra}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_bare_number_as_a_duration_is_refused_with_an_example() {
+        let text = "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:7\"\nplugin = \"echo\"\n\
+                    [listener.limits]\ncall_deadline = 500\n";
+        let err = format!("{:#}", parse(text).unwrap_err());
+        assert!(
+            err.contains("expected a duration such as \"500ms\"") && err.contains("call_deadline"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse("[server]\ndrain_timeout = 2.5\n").unwrap_err()
+        );
+        assert!(
+            err.contains("expected a duration such as \"500ms\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -84,25 +84,36 @@ impl Deployer {
         &self.server
     }
 
-    /// Starts every listener of the config; the first failure stops start-up.
+    /// Starts every listener of the config; the first failure stops start-up. Every plugin,
+    /// certificate and address is prepared and bound before any listener starts accepting, so
+    /// a failure leaves nothing started (and nothing to drain).
     pub async fn start(&self) -> Result<Vec<(ListenerSpec, SocketAddr)>> {
         let config = self.current.lock().await.clone();
         let pools = self.build_pools(&config)?;
         *lock(&self.pools) = pools.clone();
-        let mut started = Vec::new();
+        // On the command line there is one unnamed listener; in a config, say which failed.
+        let named = |spec: &ListenerSpec, err: anyhow::Error| match self.source {
+            Some(_) => err.context(format!("listener `{}`", spec.name)),
+            None => err,
+        };
+        let mut ready = Vec::new();
         for spec in &config.listeners {
-            let launched = match self.prepare(spec, &pools).await {
-                Ok(prepared) => self.launch(spec, prepared).await,
-                Err(err) => Err(err),
-            };
-            // On the command line there is one unnamed listener; in a config, say which failed.
-            let addr = match launched {
-                Ok(addr) => addr,
-                Err(err) if self.source.is_some() => {
-                    return Err(err.context(format!("listener `{}`", spec.name)));
-                }
-                Err(err) => return Err(err),
-            };
+            let prepared = self
+                .prepare(spec, &pools)
+                .await
+                .map_err(|err| named(spec, err))?;
+            ready.push((spec, prepared));
+        }
+        let mut bound = Vec::new();
+        for (spec, prepared) in ready {
+            let listener = bind(spec.address).await.map_err(|err| named(spec, err))?;
+            bound.push((spec, prepared, listener));
+        }
+        let mut started = Vec::new();
+        for (spec, prepared, listener) in bound {
+            let addr = self
+                .activate(spec, prepared, listener)
+                .map_err(|err| named(spec, err))?;
             started.push((spec.clone(), addr));
         }
         Ok(started)
@@ -366,6 +377,17 @@ impl Deployer {
 
     /// Binds the listener's address and starts accepting.
     async fn launch(&self, spec: &ListenerSpec, prepared: Prepared) -> Result<SocketAddr> {
+        let listener = bind(spec.address).await?;
+        self.activate(spec, prepared, listener)
+    }
+
+    /// Starts accepting on a bound socket and says so.
+    fn activate(
+        &self,
+        spec: &ListenerSpec,
+        prepared: Prepared,
+        listener: TcpListener,
+    ) -> Result<SocketAddr> {
         let settings = |name: String| ListenerSettings {
             name,
             framing: spec.framing,
@@ -393,7 +415,6 @@ impl Deployer {
             prepared.tls,
             routes,
         );
-        let listener = bind(spec.address).await?;
         let addr = self.server.add(listener, shared.clone())?;
         let plugin = shared.slot.current().plugin.clone();
         let mode = if shared.tls.is_some() { ", TLS" } else { "" };

@@ -177,10 +177,16 @@ impl Server {
             let _ = r.task.await;
             r.shared.retire();
         }
-        info!(
-            "shutting down: draining open connections (up to {:?})",
-            self.drain_timeout
-        );
+        // A server that never accepted (start-up failed before any listener was added) has
+        // nothing to drain: it stops its workers silently, so the start-up error is the only
+        // line the user sees.
+        let started = !lock(&self.all).is_empty();
+        if started {
+            info!(
+                "shutting down: draining open connections (up to {:?})",
+                self.drain_timeout
+            );
+        }
         let all: Vec<Arc<ListenerShared>> =
             lock(&self.all).iter().filter_map(Weak::upgrade).collect();
         for shared in &all {
@@ -201,7 +207,9 @@ impl Server {
                 error!("worker shutdown failed: {err}");
             }
         }
-        info!("shut down");
+        if started {
+            info!("shut down");
+        }
     }
 }
 

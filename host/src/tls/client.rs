@@ -11,7 +11,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
 
-use super::{load_certs, load_key, load_roots, provider};
+use super::{load_certs, load_key, load_roots, pair_error, provider};
 
 /// How a client does TLS.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -58,7 +58,7 @@ impl ClientTlsArgs {
         let config = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => builder
                 .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-                .context("the client certificate and key do not form a usable pair")?,
+                .map_err(|err| pair_error(err, cert, key))?,
             _ => builder.with_no_client_auth(),
         };
         let host = self.server_name.clone().unwrap_or_else(|| host_of(addr));

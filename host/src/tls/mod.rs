@@ -10,6 +10,8 @@
 
 pub mod certgen;
 pub mod client;
+#[cfg(test)]
+mod props;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,14 +95,27 @@ impl rustls::server::ResolvesServerCert for SniResolver {
 fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>> {
     let certified =
         rustls::sign::CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider())
-            .with_context(|| {
-                format!(
-                    "{} and {} do not form a usable pair",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
+            .map_err(|err| pair_error(err, cert, key))?;
     Ok(Arc::new(certified))
+}
+
+/// Explains why `cert` and `key` cannot be used together.
+fn pair_error(err: rustls::Error, cert: &Path, key: &Path) -> anyhow::Error {
+    match err {
+        // rustls calls it `KeyMismatch`; the usual cause is a key from another
+        // `pier cert generate` run, or the key of another certificate.
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => anyhow::anyhow!(
+            "the private key in {} does not match the certificate in {} (it belongs to another \
+             certificate)",
+            key.display(),
+            cert.display()
+        ),
+        other => anyhow::Error::new(other).context(format!(
+            "{} and {} do not form a usable pair",
+            cert.display(),
+            key.display()
+        )),
+    }
 }
 
 /// What the handshake established about a client (mirrors WIT `types.tls-peer`).
@@ -183,8 +198,25 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 
 /// Reads the private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("cannot read a private key from {}", path.display()))
+    match PrivateKeyDer::from_pem_file(path) {
+        Ok(key) => Ok(key),
+        // The easy mistake is swapping the two files: say what the file holds instead.
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+            let certificates = CertificateDer::pem_file_iter(path)
+                .map(|items| items.filter(Result::is_ok).count())
+                .unwrap_or(0);
+            if certificates > 0 {
+                bail!(
+                    "no private key in {} (it holds a certificate)",
+                    path.display()
+                );
+            }
+            bail!("no private key in {} (no PEM key block)", path.display())
+        }
+        Err(err) => {
+            Err(err).with_context(|| format!("cannot read a private key from {}", path.display()))
+        }
+    }
 }
 
 /// Roots from a CA bundle.

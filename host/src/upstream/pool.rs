@@ -249,7 +249,12 @@ impl Pool {
         self.metrics.finished(&result, started.elapsed());
         self.update_sizes();
         if let Err(err) = &result {
-            debug!(upstream = %self.spec.name, "request failed: {err}");
+            // The plugin only learns the error kind; the operator needs to know where it went.
+            warn!(
+                upstream = %self.spec.name,
+                addresses = %self.spec.addresses.join(", "),
+                "request failed: {err}"
+            );
         }
         result
     }
