@@ -209,6 +209,12 @@ fn send_failures_are_one_line_and_non_zero() {
         err.contains("no reply from") && err.contains("300ms"),
         "{err}"
     );
+    // The usual cause is a framing the server does not use: the line says how to pick another.
+    assert!(
+        err.contains("--framing (lines, length-prefixed, http)"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     drop(silent);
 }
 

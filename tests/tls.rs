@@ -707,3 +707,46 @@ fn tls_start_up_errors_say_what_is_wrong_in_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match the certificate in"), "{err}");
 }
+
+#[test]
+fn send_says_when_the_server_speaks_tls_or_does_not() {
+    let certs = tmp("send-hints");
+    generate(&certs);
+    let secure = Served::start(&[
+        "--tls-cert",
+        certs.join("server.pem").to_str().unwrap(),
+        "--tls-key",
+        certs.join("server-key.pem").to_str().unwrap(),
+    ]);
+    // Plaintext to a TLS port: the server's alert is recognised, not printed as the reply.
+    let out = pier()
+        .args(["send", &secure.addr, "Hello TCP"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "pier: the server at {} speaks TLS; add --tls (with --ca CA.pem or --insecure)",
+            secure.addr
+        )
+    );
+
+    // TLS to a plaintext port: its reply is not a TLS record.
+    let plain = Served::start(&[]);
+    let out = pier()
+        .args(["send", &plain.addr, "hi", "--tls", "--insecure"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "pier: the server at {} does not speak TLS (its reply is not a TLS record); drop --tls",
+            plain.addr
+        )
+    );
+}

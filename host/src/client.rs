@@ -27,14 +27,27 @@ pub enum SendFailure {
         /// The socket error.
         source: std::io::Error,
     },
-    /// No reply within the timeout.
-    #[error("no reply from {addr} within {timeout:?}")]
+    /// No reply within the timeout. The usual cause is a framing mismatch (the server waits
+    /// for a delimiter that never comes), so the message says which framing was used.
+    #[error(
+        "no reply from {addr} within {timeout:?}; if the server delimits frames otherwise than \
+         {framing}, say how with --framing ({others})",
+        others = other_framings(.framing)
+    )]
     Timeout {
         /// The address.
         addr: String,
         /// The timeout in force.
         timeout: Duration,
+        /// The framing the frame was sent with.
+        framing: Framing,
     },
+    /// A plaintext request was answered with a TLS record (a TLS server's alert).
+    #[error("the server at {0} speaks TLS; add --tls (with --ca CA.pem or --insecure)")]
+    SpeaksTls(String),
+    /// A TLS handshake got a reply that is not TLS.
+    #[error("the server at {0} does not speak TLS (its reply is not a TLS record); drop --tls")]
+    NotTls(String),
     /// The server closed the connection first.
     #[error("{0} closed the connection without replying")]
     Closed(String),
@@ -90,14 +103,15 @@ pub async fn send_one(
             }
         })?;
         tcp.set_nodelay(true).ok();
+        let plaintext = tls.is_none();
         let mut stream: Box<dyn ClientIo> = match tls {
             None => Box::new(tcp),
-            Some((connector, name)) => Box::new(connector.connect(name, tcp).await.map_err(
-                |source| SendFailure::Tls {
-                    addr: addr.to_string(),
-                    source,
-                },
-            )?),
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| tls_failure(addr, source))?,
+            ),
         };
         let mut out = BytesMut::new();
         framing
@@ -112,25 +126,67 @@ pub async fn send_one(
         };
         stream.write_all(&out).await.map_err(io_err)?;
         stream.flush().await.map_err(io_err)?;
-        read_reply(&mut *stream, addr, framing, max_frame).await
+        read_reply(&mut *stream, addr, framing, max_frame, plaintext).await
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| SendFailure::Timeout {
             addr: addr.to_string(),
             timeout,
+            framing,
         })?
 }
 
-/// Reads one frame; for raw framing that is whatever the first read returns.
+/// The framings other than `framing`, for the timeout hint.
+fn other_framings(framing: &Framing) -> String {
+    [
+        Framing::Raw,
+        Framing::Lines,
+        Framing::LengthPrefixed,
+        Framing::Http,
+    ]
+    .into_iter()
+    .filter(|f| f != framing)
+    .map(|f| f.name())
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// A failed client handshake; a reply that is not TLS at all means a plaintext server.
+fn tls_failure(addr: &str, source: std::io::Error) -> SendFailure {
+    let not_tls = source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidMessage(_)));
+    if not_tls {
+        SendFailure::NotTls(addr.to_string())
+    } else {
+        SendFailure::Tls {
+            addr: addr.to_string(),
+            source,
+        }
+    }
+}
+
+/// Whether `bytes` begin with a TLS record header: an alert (21) or handshake (22) record of
+/// TLS 1.0–1.3 (version 3.1–3.4; 3.0 is SSL 3). A TLS server answers a plaintext request with
+/// an alert, which would otherwise be printed as if it were the reply.
+pub fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, 0x00..=0x04, ..])
+}
+
+/// Reads one frame; for raw framing that is whatever the first read returns. On a plaintext
+/// connection, a reply that starts with a TLS record is refused as [`SendFailure::SpeaksTls`].
 async fn read_reply(
     stream: &mut dyn ClientIo,
     addr: &str,
     framing: Framing,
     max_frame: usize,
+    plaintext: bool,
 ) -> Result<Bytes, SendFailure> {
     let mut decoder = framing.decoder(max_frame);
     let mut buf = BytesMut::with_capacity(decoder.read_hint());
+    let mut checked = false;
     loop {
         buf.reserve(decoder.read_hint());
         let n = stream
@@ -140,6 +196,14 @@ async fn read_reply(
                 addr: addr.to_string(),
                 source,
             })?;
+        // Only the start of the reply can be a TLS record header; nothing is consumed before
+        // a frame is complete, so the buffer still starts with it.
+        if plaintext && !checked && buf.len() >= 3 {
+            if looks_like_tls(&buf) {
+                return Err(SendFailure::SpeaksTls(addr.to_string()));
+            }
+            checked = true;
+        }
         let bad = |source| SendFailure::BadReply {
             addr: addr.to_string(),
             source,
