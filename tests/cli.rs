@@ -664,7 +664,8 @@ fn bench_checks_replies_and_compare_measures_pier_next_to_native() {
     assert_eq!(r["errors"], 0);
     assert!(r["p99_us"].as_f64().unwrap() > 0.0);
 
-    // A wrong expectation is counted as mismatches, not hidden.
+    // A wrong expectation is counted as mismatches, not hidden: the figures are still printed,
+    // but the run fails, naming the first unexpected reply.
     let out = run(pier().args([
         "bench",
         &served.addr,
@@ -674,12 +675,21 @@ fn bench_checks_replies_and_compare_measures_pier_next_to_native() {
         "2",
         "--requests",
         "20",
+        "--size",
+        "4",
         "--expect-prefix",
         "Nope: ",
         "--json",
     ]));
+    assert!(!out.status.success(), "mismatches must fail the run");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["results"][0]["mismatches"], 20);
+    assert_eq!(report["results"][0]["first_unexpected_reply"], "Echo: abcd");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("20 unexpected replies (first: \"Echo: abcd\", expected \"Nope: abcd\")"),
+        "{err}"
+    );
 
     let out = run(pier().args([
         "bench",
@@ -723,6 +733,32 @@ fn bench_checks_replies_and_compare_measures_pier_next_to_native() {
             r["memory"]["rss_after_bytes"].as_u64() >= r["memory"]["rss_before_bytes"].as_u64()
         );
     }
+}
+
+#[test]
+fn bench_fails_when_connections_fail_naming_the_error_kinds() {
+    // Nothing listens on a port just released: every connection is refused.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = run(pier().args([
+        "bench",
+        &format!("127.0.0.1:{port}"),
+        "--connections",
+        "3",
+        "--requests",
+        "30",
+    ]));
+    assert!(!out.status.success(), "errors must fail the run");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("3 connection errors (connect 3; first: connect: "),
+        "{err}"
+    );
+    // The table is still printed, with the errors in it.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("errors"));
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,6 +60,14 @@ pub struct LoadReport {
     pub mismatches: u64,
     /// Connections that failed (connect errors, resets, early closes).
     pub errors: u64,
+    /// `errors` by kind (`connect`, `tls-handshake`, `closed`, ...).
+    pub error_kinds: BTreeMap<&'static str, u64>,
+    /// The first failure's kind and detail, e.g. `connect: Connection refused (os error 111)`.
+    pub first_error: Option<String>,
+    /// The first reply that did not match, as received.
+    pub first_unexpected: Option<Bytes>,
+    /// The reply every frame should get.
+    pub expected: Bytes,
     /// Wall-clock time of the measured run.
     pub elapsed: Duration,
     /// Round-trip latency in nanoseconds.
@@ -65,6 +75,14 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Counts one failed connection.
+    fn failed(&mut self, kind: &'static str, detail: String) {
+        self.errors += 1;
+        *self.error_kinds.entry(kind).or_default() += 1;
+        self.first_error
+            .get_or_insert_with(|| format!("{kind}: {detail}"));
+    }
+
     /// Round trips per second.
     pub fn rate(&self) -> f64 {
         self.round_trips as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -100,6 +118,7 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
     expected.extend_from_slice(&payload);
     let payload = Arc::new(payload);
     let expected = Arc::new(expected);
+    let expected_reply = Bytes::from(expected.to_vec());
     let budget = spec.requests.map(|r| Arc::new(AtomicU64::new(r)));
     let per_conn_interval = spec
         .rate
@@ -134,6 +153,10 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
         round_trips: 0,
         mismatches: 0,
         errors: 0,
+        error_kinds: BTreeMap::new(),
+        first_error: None,
+        first_unexpected: None,
+        expected: expected_reply,
         elapsed: Duration::ZERO,
         latency: new_histogram(),
     };
@@ -142,10 +165,15 @@ pub async fn run(spec: &LoadSpec, progress: Arc<Progress>) -> LoadReport {
             Ok(outcome) => {
                 report.round_trips += outcome.round_trips;
                 report.mismatches += outcome.mismatches;
-                report.errors += u64::from(outcome.failed);
+                if let Some(failure) = outcome.failure {
+                    report.failed(failure.kind, failure.detail);
+                }
+                if report.first_unexpected.is_none() {
+                    report.first_unexpected = outcome.unexpected;
+                }
                 let _ = report.latency.add(&outcome.latency);
             }
-            Err(_) => report.errors += 1,
+            Err(err) => report.failed("task", err.to_string()),
         }
     }
     report.elapsed = started.elapsed();
@@ -173,8 +201,47 @@ struct Conn {
 struct Outcome {
     round_trips: u64,
     mismatches: u64,
-    failed: bool,
+    /// Why the connection stopped early, if it did.
+    failure: Option<Failure>,
+    /// The first reply that did not match.
+    unexpected: Option<Bytes>,
     latency: Histogram<u64>,
+}
+
+/// Why a connection failed: a short kind for counting and the error's text.
+struct Failure {
+    kind: &'static str,
+    detail: String,
+}
+
+impl Outcome {
+    /// Records why the connection stopped.
+    fn fail(&mut self, kind: &'static str, detail: impl std::fmt::Display) {
+        self.failure = Some(Failure {
+            kind,
+            detail: detail.to_string(),
+        });
+    }
+
+    /// Checks one reply against the expected one.
+    fn check(&mut self, reply: Bytes, expected: &[u8]) {
+        if reply[..] != *expected {
+            self.mismatches += 1;
+            self.unexpected.get_or_insert(reply);
+        }
+    }
+}
+
+/// How a read for replies ended, when it did not bring bytes.
+fn read_failure(
+    read: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+) -> Option<(&'static str, String)> {
+    match read {
+        Ok(Ok(0)) => Some(("closed", "the server closed the connection".to_string())),
+        Ok(Ok(_)) => None,
+        Ok(Err(err)) => Some(("read", err.to_string())),
+        Err(_) => Some(("timeout", format!("no reply within {REPLY_TIMEOUT:?}"))),
+    }
 }
 
 impl Conn {
@@ -191,15 +258,20 @@ impl Conn {
         }
     }
 
-    /// Connects (and handshakes, with TLS).
-    async fn open(&self) -> Option<Box<dyn ClientIo>> {
-        let tcp = TcpStream::connect(&self.addr).await.ok()?;
+    /// Connects (and handshakes, with TLS); on failure, the kind and the error.
+    async fn open(&self) -> Result<Box<dyn ClientIo>, (&'static str, std::io::Error)> {
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|err| ("connect", err))?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => Some(Box::new(tcp)),
+            None => Ok(Box::new(tcp)),
             Some((connector, name)) => {
-                let tls = connector.connect(name.clone(), tcp).await.ok()?;
-                Some(Box::new(tls))
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|err| ("tls-handshake", err))?;
+                Ok(Box::new(tls))
             }
         }
     }
@@ -210,12 +282,15 @@ impl Conn {
         let mut read_buf = BytesMut::with_capacity(4096);
         while self.take() {
             let started = Instant::now();
-            let Some(mut stream) = self.open().await else {
-                out.failed = true;
-                return out;
+            let mut stream = match self.open().await {
+                Ok(stream) => stream,
+                Err((kind, err)) => {
+                    out.fail(kind, err);
+                    return out;
+                }
             };
-            if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
-                out.failed = true;
+            if let Err(err) = write_frames(&mut stream, &frame).await {
+                out.fail("write", err);
                 return out;
             }
             read_buf.clear();
@@ -227,23 +302,25 @@ impl Conn {
                     decoder.decode(&mut read_buf).ok().flatten()
                 };
                 if let Some(reply) = reply {
-                    break Some(reply);
+                    break Ok(reply);
                 }
                 read_buf.reserve(4096);
-                match tokio::time::timeout(REPLY_TIMEOUT, stream.read_buf(&mut read_buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => break None,
+                let read =
+                    tokio::time::timeout(REPLY_TIMEOUT, stream.read_buf(&mut read_buf)).await;
+                if let Some(failure) = read_failure(read) {
+                    break Err(failure);
                 }
             };
-            let Some(reply) = reply else {
-                out.failed = true;
-                return out;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err((kind, detail)) => {
+                    out.fail(kind, detail);
+                    return out;
+                }
             };
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             let _ = out.latency.record(nanos.max(1));
-            if reply[..] != self.expected[..] {
-                out.mismatches += 1;
-            }
+            out.check(reply, &self.expected);
             out.round_trips += 1;
             self.progress.done.fetch_add(1, Ordering::Relaxed);
             let _ = stream.shutdown().await;
@@ -255,20 +332,24 @@ impl Conn {
         let mut out = Outcome {
             round_trips: 0,
             mismatches: 0,
-            failed: false,
+            failure: None,
+            unexpected: None,
             latency: new_histogram(),
         };
         let mut frame = BytesMut::new();
-        if self.framing.encode(&self.payload, &mut frame).is_err() {
-            out.failed = true;
+        if let Err(err) = self.framing.encode(&self.payload, &mut frame) {
+            out.fail("encode", err);
             return out;
         }
         if self.reconnect {
             return self.run_reconnecting(out, frame).await;
         }
-        let Some(mut stream) = self.open().await else {
-            out.failed = true;
-            return out;
+        let mut stream = match self.open().await {
+            Ok(stream) => stream,
+            Err((kind, err)) => {
+                out.fail(kind, err);
+                return out;
+            }
         };
         let mut decoder = self.framing.decoder(64 * 1024 * 1024);
         let mut read_buf = BytesMut::with_capacity(64 * 1024);
@@ -295,19 +376,17 @@ impl Conn {
                 break;
             }
             if !write_buf.is_empty() {
-                if stream.write_all(&write_buf).await.is_err() || stream.flush().await.is_err() {
-                    out.failed = true;
+                if let Err(err) = write_frames(&mut stream, &write_buf).await {
+                    out.fail("write", err);
                     break;
                 }
                 write_buf.clear();
             }
             read_buf.reserve(16 * 1024);
-            match tokio::time::timeout(REPLY_TIMEOUT, stream.read_buf(&mut read_buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
-                    out.failed = true;
-                    break;
-                }
-                Ok(Ok(_)) => {}
+            let read = tokio::time::timeout(REPLY_TIMEOUT, stream.read_buf(&mut read_buf)).await;
+            if let Some((kind, detail)) = read_failure(read) {
+                out.fail(kind, detail);
+                break;
             }
             loop {
                 let reply = if self.framing == Framing::Raw {
@@ -316,8 +395,8 @@ impl Conn {
                 } else {
                     match decoder.decode(&mut read_buf) {
                         Ok(reply) => reply,
-                        Err(_) => {
-                            out.failed = true;
+                        Err(err) => {
+                            out.fail("bad-frame", err);
                             return out;
                         }
                     }
@@ -326,17 +405,22 @@ impl Conn {
                 let Some(sent) = sent_at.pop_front() else {
                     // More replies than requests: count it and carry on.
                     out.mismatches += 1;
+                    out.unexpected.get_or_insert(reply);
                     continue;
                 };
                 let nanos = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 let _ = out.latency.record(nanos.max(1));
-                if reply[..] != self.expected[..] {
-                    out.mismatches += 1;
-                }
+                out.check(reply, &self.expected);
                 out.round_trips += 1;
                 self.progress.done.fetch_add(1, Ordering::Relaxed);
             }
         }
         out
     }
+}
+
+/// Writes and flushes `bytes`.
+async fn write_frames(stream: &mut Box<dyn ClientIo>, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

@@ -186,6 +186,10 @@ struct Measured {
     round_trips: u64,
     mismatches: u64,
     errors: u64,
+    error_kinds: std::collections::BTreeMap<&'static str, u64>,
+    first_error: Option<String>,
+    first_unexpected: Option<bytes::Bytes>,
+    expected: Option<bytes::Bytes>,
     latency: hdrhistogram::Histogram<u64>,
 }
 
@@ -198,6 +202,10 @@ impl Measured {
             round_trips: 0,
             mismatches: 0,
             errors: 0,
+            error_kinds: Default::default(),
+            first_error: None,
+            first_unexpected: None,
+            expected: None,
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
                 .expect("valid bounds"),
         }
@@ -209,6 +217,16 @@ impl Measured {
         self.round_trips += report.round_trips;
         self.mismatches += report.mismatches;
         self.errors += report.errors;
+        for (kind, n) in &report.error_kinds {
+            *self.error_kinds.entry(kind).or_default() += n;
+        }
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&report.first_error);
+        }
+        if self.first_unexpected.is_none() {
+            self.first_unexpected.clone_from(&report.first_unexpected);
+        }
+        self.expected.get_or_insert_with(|| report.expected.clone());
         let _ = self.latency.add(&report.latency);
     }
 
@@ -235,8 +253,63 @@ impl Measured {
             "round_trips": self.round_trips,
             "mismatches": self.mismatches,
             "errors": self.errors,
+            "error_kinds": self.error_kinds,
+            "first_error": self.first_error,
+            "first_unexpected_reply": self.first_unexpected.as_deref().map(shown),
+            "expected_reply": self.expected.as_deref().map(shown),
         })
     }
+}
+
+/// A reply as printable text: bytes outside printable ASCII escaped, long ones cut.
+fn shown(bytes: &[u8]) -> String {
+    const MAX: usize = 120;
+    let text = bytes[..bytes.len().min(MAX)].escape_ascii().to_string();
+    if bytes.len() > MAX {
+        format!("{text}... ({} bytes)", bytes.len())
+    } else {
+        text
+    }
+}
+
+/// Why a run is a failure: every result's errors by kind and its first unexpected reply, one
+/// sentence; `None` when every round trip was answered as expected.
+fn failures(output: &Value) -> Option<String> {
+    let mut problems = Vec::new();
+    for r in output["results"].as_array().into_iter().flatten() {
+        let errors = r["errors"].as_u64().unwrap_or(0);
+        let mismatches = r["mismatches"].as_u64().unwrap_or(0);
+        if errors == 0 && mismatches == 0 {
+            continue;
+        }
+        let mut parts = Vec::new();
+        if errors > 0 {
+            let kinds: Vec<String> = r["error_kinds"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            parts.push(format!(
+                "{errors} connection errors ({}; first: {})",
+                kinds.join(", "),
+                r["first_error"].as_str().unwrap_or("?")
+            ));
+        }
+        if mismatches > 0 {
+            parts.push(format!(
+                "{mismatches} unexpected replies (first: \"{}\", expected \"{}\")",
+                r["first_unexpected_reply"].as_str().unwrap_or("?"),
+                r["expected_reply"].as_str().unwrap_or("?")
+            ));
+        }
+        problems.push(format!(
+            "{}: {}",
+            r["server"].as_str().unwrap_or("server"),
+            parts.join("; ")
+        ));
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 /// Runs `pier bench`.
@@ -262,12 +335,18 @@ pub fn bench_main(args: BenchArgs) -> Result<()> {
     } else {
         print_human(&args, &output);
     }
+    // Figures from a run with failed round trips are not a measurement of the server: say why
+    // and exit non-zero, so scripts cannot take them for one.
+    if let Some(why) = failures(&output) {
+        bail!("bench: {why}");
+    }
     Ok(())
 }
 
-fn spec(args: &BenchArgs, addr: &str, duration: Option<Duration>) -> LoadSpec {
-    let tls = args.tls.connector(addr).ok().flatten();
-    LoadSpec {
+fn spec(args: &BenchArgs, addr: &str, duration: Option<Duration>) -> Result<LoadSpec> {
+    // A bad TLS option fails the bench rather than silently measuring plaintext.
+    let tls = args.tls.connector(addr)?;
+    Ok(LoadSpec {
         tls,
         reconnect: args.reconnect,
         addr: addr.to_string(),
@@ -283,7 +362,7 @@ fn spec(args: &BenchArgs, addr: &str, duration: Option<Duration>) -> LoadSpec {
         framing: args.framing,
         rate: args.rate,
         expect_prefix: args.expect_prefix.as_bytes().to_vec(),
-    }
+    })
 }
 
 /// One measured run with a progress bar on a terminal, and the server's CPU time used.
@@ -323,7 +402,7 @@ async fn measured_run(spec: &LoadSpec, label: &str, pid: Option<u32>) -> (LoadRe
 async fn single(args: &BenchArgs, addr: &str) -> Result<Value> {
     let mut measured = Measured::new("server");
     let (report, cpu) = measured_run(
-        &spec(args, addr, Some(args.duration)),
+        &spec(args, addr, Some(args.duration))?,
         addr,
         args.server_pid,
     )
@@ -395,6 +474,25 @@ async fn compare(args: &BenchArgs) -> Result<Value> {
     if let Some(w) = args.workers {
         common.extend(["--workers".to_string(), w.to_string()]);
     }
+    // With --tls both servers serve the same generated certificate and the client trusts its
+    // CA, so the two measure the same handshakes and record sizes.
+    let certs = match args.tls.tls {
+        true => Some(TestCertificates::generate()?),
+        false => None,
+    };
+    let mut args = args.clone();
+    if let Some(certs) = &certs {
+        common.extend([
+            "--tls-cert".to_string(),
+            path_arg(&certs.files.server_cert)?,
+            "--tls-key".into(),
+            path_arg(&certs.files.server_key)?,
+        ]);
+        if args.tls.ca.is_none() && !args.tls.insecure {
+            args.tls.ca = Some(certs.files.ca_cert.clone());
+        }
+    }
+    let args = &args;
     let mut pier_args = vec![
         "--log-level".to_string(),
         "warn".into(),
@@ -411,7 +509,7 @@ async fn compare(args: &BenchArgs) -> Result<Value> {
     let servers = [&native, &pier];
     for (server, label) in servers.iter().zip(["native warm-up", "pier warm-up"]) {
         if !args.warmup.is_zero() {
-            let mut warm = spec(args, &server.addr, Some(args.warmup));
+            let mut warm = spec(args, &server.addr, Some(args.warmup))?;
             warm.requests = None;
             measured_run(&warm, label, None).await;
         }
@@ -423,7 +521,7 @@ async fn compare(args: &BenchArgs) -> Result<Value> {
             let server = servers[i];
             let label = format!("{} round {}", results[i].name, round + 1);
             let (report, cpu) = measured_run(
-                &spec(args, &server.addr, Some(args.duration)),
+                &spec(args, &server.addr, Some(args.duration))?,
                 &label,
                 Some(server.child.id()),
             )
@@ -449,6 +547,35 @@ async fn compare(args: &BenchArgs) -> Result<Value> {
         "results": [results[0].json(), results[1].json()],
         "pier_vs_native": { "round_trips": ratio, "cpu_per_round_trip": cpu_ratio },
     }))
+}
+
+/// Certificates from `pier cert generate` in a temporary folder, removed on drop.
+struct TestCertificates {
+    dir: std::path::PathBuf,
+    files: crate::tls::certgen::Generated,
+}
+
+impl TestCertificates {
+    fn generate() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("pier-bench-certs-{}", std::process::id()));
+        let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+        let files = crate::tls::certgen::generate(&dir, &hosts, 1)
+            .context("cannot generate test certificates for --tls")?;
+        Ok(TestCertificates { dir, files })
+    }
+}
+
+impl Drop for TestCertificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A path as a command-line argument.
+fn path_arg(path: &std::path::Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{} is not UTF-8", path.display()))
 }
 
 /// Opens `count` idle connections to `addr`, spread over source addresses 127.0.0.1–8, and
@@ -534,6 +661,12 @@ async fn idle(args: &BenchArgs, count: usize) -> Result<Value> {
         // The default limit (10,000) would refuse the rest of a larger count.
         "--max-connections".into(),
         count.max(1).to_string(),
+        // Every idle client comes from 127.0.0.1 and stays silent: lift the per-address limit
+        // and the idle timeout that protect an Internet-facing port.
+        "--max-connections-per-address".into(),
+        "0".into(),
+        "--idle-timeout".into(),
+        "off".into(),
     ]
     .into_iter()
     .chain(listen)
