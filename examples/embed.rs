@@ -1,23 +1,37 @@
 //! Embedding pier in another program: load a plugin, bind a listener, serve until Ctrl-C.
 //!
-//! Run: `cargo run --release --example embed` then `pier send 127.0.0.1:7070 hi --framing lines`.
+//! Run: `cargo run --release --example embed -- [ADDR]`, then
+//! `pier send 127.0.0.1:7070 hi --framing lines`.
+//!
+//! The address is the first argument, else `$PIER_EMBED_ADDR`, else `127.0.0.1:7070`; port 0
+//! picks a free port. The bound address is printed as `embedded pier on ADDR`.
 
 use std::time::Duration;
 
+use anyhow::Context;
 use pier::framing::Framing;
 use pier::listener::ListenerShared;
 use pier::runtime::{Runtime, RuntimeConfig};
 use pier::server::{self, ServerConfig};
 
+/// Where to listen when neither an argument nor `$PIER_EMBED_ADDR` says.
+const DEFAULT_ADDR: &str = "127.0.0.1:7070";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("PIER_EMBED_ADDR").ok())
+        .unwrap_or_else(|| DEFAULT_ADDR.to_string());
     let runtime = Runtime::new(RuntimeConfig {
         call_deadline: Duration::from_millis(500),
         ..RuntimeConfig::default()
     })?;
-    let echo = pier::builtin::find("echo").expect("echo is built in");
+    let echo = pier::builtin::find("echo").context("echo is built in")?;
     let plugin = runtime.load_plugin(echo.name, echo.wasm)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:7070").await?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     eprintln!("embedded pier on {}", listener.local_addr()?);
     let shared = ListenerShared::new("embedded", Framing::Lines, 64 * 1024, 256, plugin);
     let shutdown = async {

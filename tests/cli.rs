@@ -807,3 +807,239 @@ fn bench_compares_over_tls_and_measures_handshakes() {
         }
     }
 }
+
+/// The repository's root folder.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is inside the repository")
+        .to_path_buf()
+}
+
+/// A port nothing listens on now, for an address two places of a config must agree on.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends an HTTP/1.1 GET and returns the whole response (the server closes after it).
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn the_example_pier_toml_serves_every_listener_it_names_tls_included() {
+    let dir = tmp().join("example-config");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The file as shipped, with its commented-out TLS block switched on...
+    let text = std::fs::read_to_string(repo().join("examples/pier.toml")).unwrap();
+    let (head, tail) = text
+        .split_once("# TLS with SNI routing")
+        .expect("examples/pier.toml has a TLS block");
+    let tls: Vec<&str> = tail
+        .lines()
+        .skip_while(|l| !l.starts_with("# [[listener]]"))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    assert!(tls.len() > 5, "the TLS block is commented out line by line");
+    let config = dir.join("pier.toml");
+    std::fs::write(&config, format!("{head}{}\n", tls.join("\n"))).unwrap();
+    // ...and the certificates `pier cert generate` writes where its comment says.
+    let certs = dir.join("certs");
+    let out = run(pier().args(["cert", "generate", "--out", certs.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    // Every address comes from the environment: free ports, never the defaults.
+    let echo = format!("127.0.0.1:{}", free_port());
+    let any = "127.0.0.1:0";
+    let env = [
+        ("PIER_ADMIN_ADDR", any),
+        ("PIER_CHAT_ADDR", any),
+        ("PIER_ECHO_ADDR", echo.as_str()),
+        ("PIER_LPJSON_ADDR", any),
+        ("PIER_WEB_ADDR", any),
+        ("PIER_FRONT_ADDR", any),
+        ("PIER_SECURE_ADDR", any),
+    ];
+    let served = Served::start_with_env(&["--config", config.to_str().unwrap()], 6, WAIT, &env);
+    assert_eq!(served.addr_of("echo"), echo);
+
+    // chat (lines): a greeting, then a name.
+    let stream = TcpStream::connect(served.addr_of("chat")).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "Welcome to pier chat! Enter your name:\n");
+    (&stream).write_all(b"zoe\n").unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "Hello zoe! You can now chat.\n");
+
+    // echo (raw).
+    let out = run(pier().args(["send", &echo, "hi"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Echo: hi\n",
+        "{}",
+        stderr_of(&out)
+    );
+
+    // lpjson (length-prefixed JSON).
+    let out = run(pier().args([
+        "send",
+        &served.addr_of("lpjson"),
+        r#"{"type":"ping"}"#,
+        "--framing",
+        "length-prefixed",
+    ]));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON reply");
+    assert_eq!(reply["type"], "pong", "{reply}");
+
+    // web (http).
+    let response = http_get(&served.addr_of("web"), "/time");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // front (lines) → the echo-backend upstream → the echo listener.
+    let mut front = served::LineClient::connect(&served.addr_of("front"));
+    assert_eq!(front.ask("through the proxy"), "Echo: through the proxy");
+
+    // secure: TLS with the generated files, and SNI routing to the chat tenant.
+    let secure = served.addr_of("secure");
+    let ca = certs.join("ca.pem");
+    let out = run(pier().args([
+        "send",
+        &secure,
+        "hi",
+        "--framing",
+        "lines",
+        "--tls",
+        "--ca",
+        ca.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Echo: hi\n",
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(pier().args([
+        "send",
+        &secure,
+        "hi",
+        "--framing",
+        "lines",
+        "--tls",
+        "--insecure",
+        "--server-name",
+        "chat.localhost",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Welcome to pier chat! Enter your name:\n",
+        "{}",
+        stderr_of(&out)
+    );
+
+    // The admin endpoint.
+    let response = http_get(&served.admin_addr(), "/healthz");
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with("ok\n"),
+        "{response}"
+    );
+}
+
+#[test]
+fn the_embedding_example_listens_where_it_is_told() {
+    // Built by `cargo test` (examples are part of its default targets); a run limited to this
+    // test file builds it here with the same profile.
+    let profile_dir = Path::new(served::PIER).parent().expect("target/PROFILE");
+    let exe = profile_dir.join("examples").join("embed");
+    if !exe.exists() {
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let out = run(Command::new(env!("CARGO"))
+            .args(["build", "--example", "embed", "--profile", profile])
+            .current_dir(repo()));
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    let mut by_argument = Command::new(&exe);
+    by_argument.arg("127.0.0.1:0");
+    let mut by_environment = Command::new(&exe);
+    by_environment.env("PIER_EMBED_ADDR", "127.0.0.1:0");
+    for command in [&mut by_argument, &mut by_environment] {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the embed example");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("embedded pier on ")
+            .unwrap_or_else(|| panic!("no address line: {line:?}"))
+            .to_string();
+        assert_ne!(addr, "127.0.0.1:7070", "the default address was used");
+        let out = run(pier().args(["send", &addr, "hi", "--framing", "lines"]));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "Echo: hi\n",
+            "{}",
+            stderr_of(&out)
+        );
+        // Ctrl-C drains and exits cleanly.
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the example did not exit on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+#[test]
+fn the_example_python_client_gets_the_echo() {
+    let served = Served::start(&[]);
+    let out = run(Command::new("python3").args([
+        repo().join("examples/echo_client.py").to_str().unwrap(),
+        "127.0.0.1",
+        &served.port().to_string(),
+        "Hello example",
+    ]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Echo: Hello example\n"
+    );
+}

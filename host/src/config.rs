@@ -382,9 +382,11 @@ impl Config {
         Self::parse(&text, path).with_context(|| format!("config file {}", path.display()))
     }
 
-    /// Validates `text` as if read from `path`.
+    /// Validates `text` as if read from `path`, after expanding `${NAME}` and
+    /// `${NAME:-default}` from the environment ([`crate::envsubst`]).
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let text = crate::envsubst::expand(text)?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| toml_error(&text, &e))?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let server = ServerSection {
             workers: match raw.server.workers {

@@ -7,6 +7,7 @@
 //!
 //! - [`cli`]: the `pier` command line (`serve`, `reload`, `send`, `check`, `cert`, `bench`).
 //! - [`config`]: pier.toml — parsing and validating every value before anything binds.
+//! - [`envsubst`]: `${NAME}` and `${NAME:-default}` in pier.toml, from the environment.
 //! - [`deploy`]: running a config's listeners; reloads (SIGHUP, file watching) and hot swaps.
 //! - [`server`]: the worker pool and the accept loops of any number of listeners, drain.
 //! - [`admin`]: the admin HTTP endpoint (`/metrics`, `/healthz`, `/plugins`, `/connections`,
@@ -42,6 +43,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod deploy;
+pub mod envsubst;
 pub mod framing;
 pub mod hub;
 pub mod listener;

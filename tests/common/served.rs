@@ -55,6 +55,17 @@ impl Served {
     /// Without `--listen` or `--config` in ARGS it listens on `127.0.0.1:0`: tests run in
     /// parallel and must not share the default port.
     pub fn start_within(args: &[&str], count: usize, wait: Duration) -> Served {
+        Self::start_with_env(args, count, wait, &[])
+    }
+
+    /// Like [`Served::start_within`], with extra environment variables (e.g. the addresses a
+    /// pier.toml takes from `${NAME:-default}`).
+    pub fn start_with_env(
+        args: &[&str],
+        count: usize,
+        wait: Duration,
+        env: &[(&str, &str)],
+    ) -> Served {
         let free_port: &[&str] = if args.iter().any(|a| *a == "--listen" || *a == "--config") {
             &[]
         } else {
@@ -64,6 +75,7 @@ impl Served {
             .arg("serve")
             .args(args)
             .args(free_port)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
