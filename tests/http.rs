@@ -208,13 +208,13 @@ async fn bad_requests_are_refused_by_the_host_with_the_right_status() {
 
     let mut too_big = server.client().await;
     too_big
-        .write_raw(b"POST / HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n")
+        .write_raw(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n")
         .await;
     assert_eq!(response(&mut too_big).await.unwrap().0, 413);
 
     let mut bad_chunks = server.client().await;
     bad_chunks
-        .write_raw(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .write_raw(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
         .await;
     assert_eq!(response(&mut bad_chunks).await.unwrap().0, 400);
 
@@ -228,5 +228,166 @@ async fn bad_requests_are_refused_by_the_host_with_the_right_status() {
     ])
     .await;
     assert_eq!(out, "200");
+    server.stop().await;
+}
+
+/// Sends `request` on a fresh connection and returns the status the host answered with.
+async fn status_of(server: &TestServer, request: &[u8]) -> u16 {
+    let mut client = server.client().await;
+    // The server may answer and close while a long request is still being written.
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut client.stream, request).await;
+    let (status, _, _) = response(&mut client).await.expect("a response");
+    status
+}
+
+#[tokio::test]
+async fn leniencies_rfc_9112_forbids_are_refused() {
+    let server = server().await;
+    for (request, why) in [
+        (
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello"[..],
+            "a signed Content-Length",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            "chunked applied twice",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "chunked in two headers",
+        ),
+        (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 without Host"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "two Host headers",
+        ),
+    ] {
+        assert_eq!(status_of(&server, request).await, 400, "{why}");
+    }
+    // HTTP/1.0 needs no Host.
+    assert_eq!(status_of(&server, b"GET / HTTP/1.0\r\n\r\n").await, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_bounded_line_by_line_and_in_total() {
+    // max_frame is 64 KiB here.
+    let server = server().await;
+    let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    // A chunk extension of 200 KB on one size line: refused at the line limit, not delivered.
+    let mut long_line = head.to_vec();
+    long_line.extend_from_slice(b"5;ext=");
+    long_line.extend(std::iter::repeat_n(b'x', 200 * 1024));
+    long_line.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(status_of(&server, &long_line).await, 400);
+
+    // The same, never terminated: refused once past the line limit, without waiting for more.
+    let mut endless = server.client().await;
+    let mut partial = head.to_vec();
+    partial.extend_from_slice(b"5;");
+    partial.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut endless.stream, &partial).await;
+    assert_eq!(response(&mut endless).await.expect("a response").0, 400);
+    assert!(endless.closed_by_server().await);
+
+    // 40,000 one-byte chunks: 40 KB of data, within max_frame, but 240 KB on the wire. The
+    // framing counts against the limit too, so a frame never exceeds head + max_frame.
+    let mut tiny_chunks = head.to_vec();
+    for _ in 0..40_000 {
+        tiny_chunks.extend_from_slice(b"1\r\na\r\n");
+    }
+    tiny_chunks.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(status_of(&server, &tiny_chunks).await, 413);
+
+    // A trailer section past the head limit.
+    let mut trailers = head.to_vec();
+    trailers.extend_from_slice(b"0\r\nX-T: ");
+    trailers.extend(std::iter::repeat_n(b'y', 100 * 1024));
+    assert_eq!(status_of(&server, &trailers).await, 431);
+
+    // An ordinary chunked request with a trailer still works.
+    let ok = b"POST /time HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
+    assert_eq!(status_of(&server, ok).await, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_1_0_keep_alive_is_honoured_and_a_closing_response_closes() {
+    let server = server().await;
+    // HTTP/1.0 with keep-alive: the answer says keep-alive and the connection serves a second
+    // request.
+    let mut client = server.client().await;
+    client
+        .write_raw(b"GET /time HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        .await;
+    let (status, head, _) = response(&mut client).await.expect("first response");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("connection: keep-alive"),
+        "{head}"
+    );
+    client
+        .write_raw(b"GET /time HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        .await;
+    assert_eq!(response(&mut client).await.expect("second response").0, 200);
+
+    // HTTP/1.0 without keep-alive: the response says close and the host closes after it.
+    let mut plain = server.client().await;
+    plain.write_raw(b"GET / HTTP/1.0\r\n\r\n").await;
+    let (_, head, _) = response(&mut plain).await.expect("response");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(plain.closed_by_server().await);
+    server.stop().await;
+}
+
+/// Runs a load tool to completion under a time bound; its stdout.
+async fn run_tool(program: &str, args: &[&str]) -> String {
+    let mut command = Command::new(program);
+    command.args(args).kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} did not finish: it is waiting on a connection"))
+        .unwrap_or_else(|e| panic!("{program} is installed (.ci/run installs it): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{program} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn apache_bench_keep_alive_and_wrk_complete() {
+    let server = server().await;
+    let url = format!("http://{}/time", server.addr);
+    // ab -k speaks HTTP/1.0 with `Connection: Keep-Alive`; it hung when the host kept a
+    // connection the response had said was closing.
+    let ab = run_tool("ab", &["-k", "-n", "2000", "-c", "4", "-s", "20", &url]).await;
+    let field = |name: &str| {
+        ab.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("`{name}` in ab's output:\n{ab}"))
+    };
+    assert_eq!(field("Complete requests:"), "2000", "{ab}");
+    assert_eq!(field("Failed requests:"), "0", "{ab}");
+    assert_eq!(
+        field("Keep-Alive requests:"),
+        "2000",
+        "every request reused a connection:\n{ab}"
+    );
+    // ab without -k: HTTP/1.0, a connection per request, closed by the host after each.
+    let ab = run_tool("ab", &["-n", "200", "-c", "4", "-s", "20", &url]).await;
+    assert!(ab.contains("Complete requests:      200"), "{ab}");
+
+    let wrk = run_tool("wrk", &["-t1", "-c4", "-d1s", "--timeout", "10s", &url]).await;
+    assert!(!wrk.contains("Socket errors"), "{wrk}");
+    assert!(!wrk.contains("Non-2xx"), "{wrk}");
+    assert!(wrk.contains("requests in"), "{wrk}");
     server.stop().await;
 }

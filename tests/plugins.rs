@@ -146,3 +146,134 @@ fn a_plugin_that_traps_in_its_start_up_code_is_refused_at_load() {
     assert!(matches!(err, LoadError::StartupFailed(_)), "{err}");
     assert!(err.to_string().contains("start-up code"), "{err}");
 }
+
+/// The one cache entry of `dir` whose name starts with `version`.
+fn entry_of(dir: &std::path::Path, version: &str) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(version) && n.ends_with(".cwasm"))
+        })
+        .unwrap_or_else(|| panic!("a cache entry for {version} in {}", dir.display()))
+}
+
+#[test]
+fn damaged_or_foreign_cache_artifacts_are_recompiled_never_run() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugins-cache-damage");
+    let _ = std::fs::remove_dir_all(&dir);
+    let echo = pier::builtin::find("echo").unwrap().wasm;
+    let chat = pier::builtin::find("chat").unwrap().wasm;
+    let cached = || runtime_with_cache("plugins-cache-damage");
+    let echo_version = cached().load_plugin("echo", echo).unwrap().version.clone();
+    let chat_version = cached().load_plugin("chat", chat).unwrap().version.clone();
+    let echo_entry = entry_of(&dir, &echo_version);
+    let chat_entry = entry_of(&dir, &chat_version);
+    let good = std::fs::read(&echo_entry).unwrap();
+    assert!(good.len() > 4096);
+
+    // Every damage below is detected by the digest: the artifact is compiled again (not run),
+    // and the rewritten entry is good for the next start.
+    let mut damages: Vec<(&str, Vec<u8>)> = Vec::new();
+    // wasmtime's header (the ELF header and its own checks) intact, the code in the middle
+    // overwritten: before the digest this started and died with SIGILL/SIGSEGV, or answered
+    // garbage.
+    let mut garbage_code = good.clone();
+    let middle = garbage_code.len() / 2;
+    for b in &mut garbage_code[middle - 1024..middle + 1024] {
+        *b = 0xCC;
+    }
+    damages.push(("code section overwritten, header intact", garbage_code));
+    let mut flipped = good.clone();
+    flipped[good.len() / 3] ^= 0x01;
+    damages.push(("one bit flipped", flipped));
+    damages.push(("truncated to half", good[..good.len() / 2].to_vec()));
+    damages.push(("truncated by one byte", good[..good.len() - 1].to_vec()));
+    damages.push(("empty", Vec::new()));
+    // Another plugin's (valid) artifact saved under echo's name.
+    damages.push((
+        "chat's artifact under echo's name",
+        std::fs::read(&chat_entry).unwrap(),
+    ));
+
+    for (what, bytes) in damages {
+        std::fs::write(&echo_entry, &bytes).unwrap();
+        let loaded = cached().load_plugin("echo", echo).unwrap();
+        assert!(!loaded.from_cache, "{what}: must be recompiled, not loaded");
+        assert_eq!(loaded.version, echo_version);
+        assert_eq!(
+            std::fs::read(&echo_entry).unwrap(),
+            good,
+            "{what}: the entry is rewritten"
+        );
+        let reloaded = cached().load_plugin("echo", echo).unwrap();
+        assert!(reloaded.from_cache, "{what}: the rewritten entry is used");
+    }
+}
+
+#[tokio::test]
+async fn truncating_a_cache_artifact_under_a_running_plugin_does_not_crash_it() {
+    use pier::framing::Framing;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugins-cache-truncate");
+    let _ = std::fs::remove_dir_all(&dir);
+    let echo = pier::builtin::find("echo").unwrap().wasm;
+    let version = runtime_with_cache("plugins-cache-truncate")
+        .load_plugin("echo", echo)
+        .unwrap()
+        .version
+        .clone();
+    // Loaded from the cache, then the file is cut to nothing while it serves: with a mapped
+    // file, touching code on the truncated pages was a SIGBUS that killed the whole server.
+    let runtime = runtime_with_cache("plugins-cache-truncate");
+    let plugin = runtime.load_plugin("echo", echo).unwrap();
+    assert!(plugin.from_cache);
+    let entry = entry_of(&dir, &version);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&entry)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let shared = pier::listener::ListenerShared::new("t", Framing::Lines, 1 << 20, 64, plugin);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = pier::server::ServerConfig {
+        max_connections: 16,
+        workers: 1,
+        drain_timeout: std::time::Duration::from_secs(5),
+    };
+    let task = tokio::spawn(pier::server::run(
+        listener,
+        shared,
+        runtime,
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let wait = std::time::Duration::from_secs(30);
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(read));
+    for i in 0..50 {
+        let line = format!("frame {i}");
+        tokio::io::AsyncWriteExt::write_all(&mut write, format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(wait, lines.next_line())
+            .await
+            .expect("a reply in time")
+            .unwrap();
+        assert_eq!(reply, Some(format!("Echo: {line}")));
+    }
+    drop(write);
+    let _ = stop.send(());
+    tokio::time::timeout(wait, task)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+}

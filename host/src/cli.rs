@@ -122,9 +122,18 @@ pub struct ServeArgs {
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
 
-    /// Close connections that send nothing for this long, e.g. `5m`.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub idle_timeout: Option<Duration>,
+    /// Close connections that send nothing for this long, e.g. `30s`; `off` for never.
+    #[arg(long, default_value = "5m", value_parser = parse_switchable_duration)]
+    pub idle_timeout: Switchable<Duration>,
+
+    /// Close a connection whose frame is still incomplete this long after its first byte
+    /// arrived (the slowloris defence); `off` for never.
+    #[arg(long, default_value = "30s", value_parser = parse_switchable_duration)]
+    pub frame_timeout: Switchable<Duration>,
+
+    /// Most connections open at once from one client address; 0 for no limit.
+    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_address: usize,
 
     /// Address to listen on; port 0 picks a free port (the real one is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -458,7 +467,10 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
             sni_plugins: Vec::new(),
             limits: Limits {
                 max_connections: args.max_connections.max(1),
-                idle_timeout: args.idle_timeout,
+                idle_timeout: args.idle_timeout.0,
+                frame_timeout: args.frame_timeout.0,
+                max_connections_per_address: (args.max_connections_per_address > 0)
+                    .then_some(args.max_connections_per_address),
                 write_queue: args.write_queue.max(1),
                 instance: Some(InstanceLimits {
                     memory: args.memory_limit,
@@ -773,4 +785,20 @@ fn check(args: CheckArgs) -> Result<()> {
         writeln!(out, "  {export}")?;
     }
     Ok(())
+}
+
+/// A limit that can be switched off on the command line (`off`); `None` when it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Switchable<T>(pub Option<T>);
+
+/// Parses a duration such as `5m`, or `off`.
+fn parse_switchable_duration(text: &str) -> Result<Switchable<Duration>, String> {
+    if text == "off" {
+        return Ok(Switchable(None));
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero (`off` for none)".into()),
+        Ok(d) => Ok(Switchable(Some(d))),
+        Err(e) => Err(format!("{e} (expected a duration such as `30s`, or `off`)")),
+    }
 }

@@ -302,8 +302,15 @@ struct RawLimits {
     memory: Option<RawSize>,
     call_deadline: Option<RawDuration>,
     idle_timeout: Option<RawDuration>,
+    frame_timeout: Option<RawDuration>,
     write_queue: Option<usize>,
+    write_queue_bytes: Option<RawSize>,
     slow_consumer: Option<String>,
+    queued_bytes: Option<RawSize>,
+    partial_frame_bytes: Option<RawSize>,
+    attribute_bytes: Option<RawSize>,
+    group_bytes: Option<RawSize>,
+    timers: Option<usize>,
 }
 
 /// A duration, written as text with a unit (`"500ms"`, `"10s"`). A bare number is refused
@@ -642,22 +649,62 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
     if call_deadline.is_zero() {
         bail!("limits.call_deadline: must be more than zero");
     }
-    let idle_timeout = opt_duration(raw.idle_timeout.as_deref(), "limits.idle_timeout")?;
-    if idle_timeout.is_some_and(|d| d.is_zero()) {
-        bail!("limits.idle_timeout: must be more than zero (leave it out for none)");
-    }
+    let idle_timeout = switchable_duration(
+        raw.idle_timeout.as_deref(),
+        "limits.idle_timeout",
+        Some(crate::listener::DEFAULT_IDLE_TIMEOUT),
+    )?;
+    let frame_timeout = switchable_duration(
+        raw.frame_timeout.as_deref(),
+        "limits.frame_timeout",
+        Some(crate::listener::DEFAULT_FRAME_TIMEOUT),
+    )?;
+    let size = |raw: &Option<RawSize>, key: &str, default: usize| -> Result<usize> {
+        match raw {
+            None => Ok(default),
+            Some(s) => match s.bytes().map_err(|e| anyhow!("limits.{key}: {e}"))? {
+                0 => bail!("limits.{key}: must be at least 1 byte"),
+                n => Ok(n),
+            },
+        }
+    };
+    let budget = crate::budget::BudgetLimits::default();
+    let budgets = crate::budget::BudgetLimits {
+        queued_bytes: size(&raw.queued_bytes, "queued_bytes", budget.queued_bytes)?,
+        partial_frame_bytes: size(
+            &raw.partial_frame_bytes,
+            "partial_frame_bytes",
+            budget.partial_frame_bytes,
+        )?,
+        attribute_bytes: size(
+            &raw.attribute_bytes,
+            "attribute_bytes",
+            budget.attribute_bytes,
+        )?,
+        group_bytes: size(&raw.group_bytes, "group_bytes", budget.group_bytes)?,
+        timers: positive(raw.timers, "timers")?.unwrap_or(budget.timers),
+    };
     if raw.new_connections_per_second == Some(0) {
         bail!("limits.new_connections_per_second: must be at least 1");
     }
     Ok(Limits {
         max_connections: positive(raw.max_connections, "max_connections")?.unwrap_or(10_000),
-        max_connections_per_address: positive(
-            raw.max_connections_per_address,
-            "max_connections_per_address",
-        )?,
+        // 0 lifts the limit; left out, the default applies.
+        max_connections_per_address: match raw.max_connections_per_address {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(crate::listener::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+        },
         new_connections_per_second: raw.new_connections_per_second,
         idle_timeout,
+        frame_timeout,
         write_queue: positive(raw.write_queue, "write_queue")?.unwrap_or(DEFAULT_WRITE_QUEUE),
+        write_queue_bytes: size(
+            &raw.write_queue_bytes,
+            "write_queue_bytes",
+            crate::listener::DEFAULT_WRITE_QUEUE_BYTES,
+        )?,
+        budgets,
         slow_consumer: match raw.slow_consumer.as_deref() {
             Some(s) => s
                 .parse()
@@ -716,6 +763,23 @@ fn tls_options(raw: RawTls, base: &Path) -> Result<(TlsOptions, Vec<(String, Plu
         bail!("tls.client_cert_optional needs tls.client_ca");
     }
     Ok((options, routes))
+}
+
+/// A timeout that is on by default: left out, `default`; `"off"`, none; otherwise a positive
+/// duration.
+fn switchable_duration(
+    text: Option<&str>,
+    key: &str,
+    default: Option<Duration>,
+) -> Result<Option<Duration>> {
+    match text {
+        None => Ok(default),
+        Some("off") => Ok(None),
+        Some(text) => match opt_duration(Some(text), key)? {
+            Some(d) if d.is_zero() => bail!("{key}: must be more than zero (\"off\" for none)"),
+            d => Ok(d),
+        },
+    }
 }
 
 /// A TOML error as one line: where, the line itself, and what is wrong (the parser's own

@@ -19,17 +19,16 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::time::{DelayQueue, delay_queue};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::budget::{BudgetKind, Budgets};
 use crate::framing::{FrameDecoder, Framing};
-use crate::hub::{
-    ConnectionId, Control, Delivery, Hub, Mailbox, PeerInfo, Tally, TimerId, next_connection_id,
-};
+use crate::hub::{ConnectionId, Control, Delivery, Hub, Mailbox, PeerInfo, Tally, TimerId};
 use crate::listener::ListenerShared;
 use crate::metrics::ListenerMetrics;
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
-use crate::runtime::{Deployment, Fault, PluginSlot};
+use crate::runtime::{Deployment, Fault, FaultKind, PluginSlot};
 use crate::tls::{TlsInfo, TlsListener};
 use crate::transport::Transport;
 use crate::worker::{Instances, Job, TenantInstances};
@@ -37,6 +36,11 @@ use crate::worker::{Instances, Job, TenantInstances};
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
 /// answered, a client that keeps streaming cannot hold shutdown up.
 const DRAIN_READ_LIMIT: usize = 1024 * 1024;
+
+/// How long, and how many bytes, a connection closed after an error reply keeps reading what
+/// its client still sends (see `Connection::linger_before_close`).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// Most frames handed to a `batch-handler` in one call (the WIT contract's limit).
 const MAX_BATCH: usize = 1024;
@@ -49,7 +53,6 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         admitted,
         listener,
     } = job;
-    let id = next_connection_id();
     let remote = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -58,7 +61,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         "conn",
         listener = %listener.name,
         plugin = tracing::field::Empty,
-        conn = id,
+        conn = tracing::field::Empty,
         peer = %remote
     );
     let mut served = listener.clone();
@@ -91,6 +94,9 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             }
         }
         let listener = served.clone();
+        // Numbered by the tenant that serves it, after routing: see `next_connection_id`.
+        let id = listener.next_connection_id();
+        tracing::Span::current().record("conn", id);
         {
             // The version serving when the connection opened; after a reload the plugin's own
             // lines name the version that handled each call.
@@ -125,6 +131,17 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             hub: listener.hub.clone(),
             framing: listener.framing,
             decoder: listener.framing.decoder(listener.max_frame),
+            max_reply: reply_limit(listener.framing, listener.max_frame),
+            linger: false,
+            budgets: listener.budgets.clone(),
+            partial_charged: 0,
+            frame_deadline: FrameDeadline {
+                after: listener.limits.frame_timeout,
+                since: None,
+                timer: None,
+            },
+            taken: 0,
+            write_queue_bytes: listener.limits.write_queue_bytes,
             transport,
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
@@ -220,6 +237,16 @@ async fn handshake(
     }
 }
 
+/// The largest reply written to a client: `max_frame`, the same bound as incoming frames, so a
+/// listener's limit holds in both directions. An HTTP response may add a head of up to the
+/// request-head limit, as requests may.
+fn reply_limit(framing: Framing, max_frame: usize) -> usize {
+    match framing {
+        Framing::Http => max_frame.saturating_add(crate::framing::http::MAX_HEAD),
+        _ => max_frame,
+    }
+}
+
 /// Keeps a connection in its listener's registry for exactly as long as it is served.
 struct Registration {
     hub: Arc<dyn Hub>,
@@ -279,6 +306,43 @@ impl Idle {
     }
 }
 
+/// The frame-completion timeout: a frame must be complete within `after` of its first byte,
+/// however the bytes trickle in. Created on first use, like [`Idle`]'s timer.
+struct FrameDeadline {
+    after: Option<Duration>,
+    /// When the unfinished frame now buffered began.
+    since: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl FrameDeadline {
+    /// Notes whether a frame is unfinished after the buffered bytes were handled.
+    fn track(&mut self, unfinished: bool) {
+        match (unfinished, self.since) {
+            (true, None) if self.after.is_some() => {
+                self.since = Some(tokio::time::Instant::now());
+            }
+            (false, Some(_)) => self.since = None,
+            _ => {}
+        }
+    }
+
+    /// Completes when the unfinished frame has been coming in for too long.
+    async fn expired(&mut self) {
+        let (Some(after), Some(since)) = (self.after, self.since) else {
+            return std::future::pending().await;
+        };
+        let deadline = since + after;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().await;
+    }
+}
+
 struct Connection {
     /// The connection's id, passed to every plugin call.
     id: ConnectionId,
@@ -288,6 +352,24 @@ struct Connection {
     framing: Framing,
     /// Cuts incoming bytes into frames.
     decoder: FrameDecoder,
+    /// Largest reply the plugin may return (see [`reply_limit`]).
+    max_reply: usize,
+    /// Set when the host answered a protocol error: read a little after closing (see
+    /// `linger_before_close`).
+    linger: bool,
+    /// The tenant's budgets: the unfinished frame in `read_buf` is charged to
+    /// `partial_frame_bytes`.
+    budgets: Arc<Budgets>,
+    /// Bytes of `read_buf` charged to the tenant now.
+    partial_charged: usize,
+    /// When the unfinished frame in `read_buf` began, with the listener's `frame_timeout`.
+    frame_deadline: FrameDeadline,
+    /// Bytes of queued frames (charged to the tenant's `queued_bytes`) taken into
+    /// `write_buf` since the last write.
+    taken: usize,
+    /// The listener's per-connection byte bound on what waits to be written; replies are
+    /// written out before more frames are handled once `write_buf` passes it.
+    write_queue_bytes: usize,
     /// The client socket.
     transport: Transport,
     /// Bytes read but not yet framed.
@@ -322,6 +404,14 @@ struct Connection {
     deployment: Arc<Deployment>,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.budgets
+            .of(BudgetKind::PartialFrameBytes)
+            .release(self.partial_charged);
+    }
+}
+
 /// Why the main loop stopped.
 type Closed = CloseReason;
 
@@ -343,20 +433,15 @@ impl Connection {
                     return CloseReason::Shutdown;
                 }
 
-                Some(expired) = poll_fn(|cx| match self.timers.as_mut() {
-                    Some(timers) => timers.poll_expired(cx),
-                    None => std::task::Poll::Ready(None),
-                }), if self.timers.as_ref().is_some_and(|t| !t.is_empty()) => {
-                    if let Err(reason) = Box::pin(self.fire_timer(expired.into_inner())).await {
-                        return reason;
-                    }
-                }
                 Some(delivery) = self.mailbox.next() => {
                     if self.mailbox.is_evicted() {
                         return self.evict();
                     }
                     self.deliver(delivery);
                     self.take_mailbox();
+                }
+                _ = self.frame_deadline.expired(), if self.frame_deadline.since.is_some() => {
+                    return self.frame_timed_out();
                 }
                 _ = async { if let Some(idle) = self.idle.as_mut() { idle.expired().await } }, if self.idle.is_some() => {
                     info!("closing: idle for {:?}", self.idle.as_ref().map(|i| i.after).unwrap_or_default());
@@ -381,14 +466,72 @@ impl Connection {
                         if self.read_buf.is_empty() {
                             self.read_buf = BytesMut::new();
                         }
+                        if let Err(reason) = self.account_partial() {
+                            return reason;
+                        }
                     }
                     Err(err) => {
                         debug!("read failed: {err}");
                         return CloseReason::IoError;
                     }
                 },
+                // After the socket: a timer storm must not keep a connection from seeing its
+                // client's bytes or its close. (tokio's cooperative budget makes a socket that
+                // is always readable return `Pending` now and then, so timers still fire.)
+                Some(expired) = poll_fn(|cx| match self.timers.as_mut() {
+                    Some(timers) => timers.poll_expired(cx),
+                    None => std::task::Poll::Ready(None),
+                }), if self.timers.as_ref().is_some_and(|t| !t.is_empty()) => {
+                    if let Err(reason) = Box::pin(self.fire_timer(expired.into_inner())).await {
+                        return reason;
+                    }
+                }
             }
         }
+    }
+
+    /// The unfinished frame took longer than `frame_timeout`: the slowloris case. Said to the
+    /// client where the protocol can (HTTP 408), logged, and counted as an idle timeout (the
+    /// `close-reason` the plugin knows for "the client did not keep up").
+    fn frame_timed_out(&mut self) -> Closed {
+        let after = self.frame_deadline.after.unwrap_or_default();
+        info!(
+            buffered = self.read_buf.len(),
+            "closing: a frame was still incomplete {after:?} after its first byte"
+        );
+        if self.framing == Framing::Http {
+            let reply = crate::framing::http::error_response(
+                408,
+                &format!("request not complete within {after:?}"),
+            );
+            self.count_out(reply.len());
+            self.write_buf.extend_from_slice(&reply);
+            self.linger = true;
+        }
+        CloseReason::IdleTimeout
+    }
+
+    /// Charges the unfinished frame left in `read_buf` to the tenant's `partial_frame_bytes`
+    /// budget (returning what is no longer held) and starts or stops the frame timeout. A
+    /// connection whose partial frame does not fit the tenant's budget is closed.
+    fn account_partial(&mut self) -> Result<(), Closed> {
+        let held = self.read_buf.len();
+        let budget = self.budgets.of(BudgetKind::PartialFrameBytes);
+        if held > self.partial_charged {
+            if !budget.try_charge(held - self.partial_charged) {
+                warn!(
+                    buffered = held,
+                    budget = budget.limit(),
+                    "closing: the tenant's partial_frame_bytes budget is spent"
+                );
+                return Err(CloseReason::ProtocolError);
+            }
+        } else {
+            budget.release(self.partial_charged - held);
+        }
+        self.partial_charged = held;
+        self.frame_deadline.track(held > 0);
+        Ok(())
     }
 
     /// One non-blocking read into the read buffer: `Some(0)` at end of stream, `None` if
@@ -458,6 +601,7 @@ impl Connection {
             if let Some(reply) = err.reply() {
                 self.count_out(reply.len());
                 self.write_buf.extend_from_slice(&reply);
+                self.linger = true;
             }
             return Err(CloseReason::ProtocolError);
         }
@@ -486,6 +630,10 @@ impl Connection {
             let (replies, reply_lengths) = result.map_err(|_fault| CloseReason::Fault)?;
             let mut start = 0usize;
             for len in reply_lengths.into_iter().take(batch.len()) {
+                if self.closing.is_some() {
+                    // An oversized reply or a response that ends the connection: nothing after.
+                    break;
+                }
                 let Ok(len) = usize::try_from(len) else {
                     continue; // -1: no reply to this frame
                 };
@@ -498,12 +646,25 @@ impl Connection {
             }
             return Ok(());
         }
-        for frame in batch {
+        let mut frames = batch.iter();
+        let mut next = frames.next();
+        while let Some(frame) = next {
             if self.closing.is_some() {
                 break;
             }
+            if self.write_buf.len() > self.write_queue_bytes {
+                // A client that pipelines many requests for large replies and reads none: write
+                // what is owed before making more, with the instance given back meanwhile (a
+                // client that does not read must not hold one of its tenant's instances).
+                drop(instance);
+                self.flush().await?;
+                instance = instances.lease().await;
+                instance.follow_reload().await;
+                continue;
+            }
             let result = instance.on_frame(self.id, frame).await;
             self.after_call(result)?;
+            next = frames.next();
         }
         Ok(())
     }
@@ -569,7 +730,28 @@ impl Connection {
         }
     }
 
+    /// Encodes a reply (or a frame from the inbox) into the write buffer. A reply larger than
+    /// the listener's limit is a fault of the plugin: never written, and the connection closes.
+    /// An HTTP response saying the connection ends makes the host end it.
     fn queue_reply(&mut self, frame: &[u8]) {
+        if frame.len() > self.max_reply {
+            let faults = self.instances.record_fault(FaultKind::ReplyTooLarge);
+            error!(
+                fault = FaultKind::ReplyTooLarge.name(),
+                faults,
+                "plugin fault (reply of {} bytes, above the {}-byte limit); not written, closing only this connection",
+                frame.len(),
+                self.max_reply
+            );
+            self.closing = Some(CloseReason::Fault);
+            return;
+        }
+        if self.framing == Framing::Http
+            && self.closing.is_none()
+            && crate::framing::http::response_closes(frame)
+        {
+            self.closing = Some(CloseReason::PluginClosed);
+        }
         let before = self.write_buf.len();
         match self.framing.encode(frame, &mut self.write_buf) {
             Ok(()) => self.count_out(self.write_buf.len() - before),
@@ -598,14 +780,22 @@ impl Connection {
     /// Handles everything already in the inbox: frames go to the write buffer, requests are
     /// carried out.
     fn take_mailbox(&mut self) {
+        let mut took = false;
         while let Some(delivery) = self.mailbox.try_next() {
             self.deliver(delivery);
+            took = true;
+        }
+        if took {
+            self.mailbox.set_unwritten(self.write_buf.len());
         }
     }
 
     fn deliver(&mut self, delivery: Delivery) {
         match delivery {
-            Delivery::Frame(frame) => self.queue_reply(&frame),
+            Delivery::Frame(frame) => {
+                self.taken += frame.len();
+                self.queue_reply(&frame);
+            }
             Delivery::Control(control) => self.apply(control),
         }
     }
@@ -616,6 +806,8 @@ impl Connection {
         if self.write_buf.is_empty() {
             return Ok(());
         }
+        // Senders see this buffer as part of what waits for this client (`write_queue_bytes`).
+        self.mailbox.set_unwritten(self.write_buf.len());
         let result = tokio::select! {
             biased;
             _ = &mut self.signals.force => Err(io::Error::other("shutdown deadline passed")),
@@ -628,6 +820,10 @@ impl Connection {
         // Release the buffer: an idle connection should hold none, and a small allocation per
         // written batch costs little next to the write itself.
         self.write_buf = BytesMut::new();
+        self.mailbox.set_unwritten(0);
+        if result.is_ok() {
+            self.mailbox.written(std::mem::take(&mut self.taken));
+        }
         result.map_err(|err| {
             debug!("write failed: {err}");
             CloseReason::IoError
@@ -674,6 +870,30 @@ impl Connection {
         self.take_mailbox();
         if self.flush().await.is_ok() {
             let _ = self.transport.shutdown().await;
+            if self.linger {
+                self.linger_before_close().await;
+            }
+        }
+    }
+
+    /// After an error reply to a client that may still be sending (an oversized HTTP request):
+    /// reads and discards what it sends for a bounded time and amount, so closing does not reset
+    /// the connection — a reset makes the client's kernel drop the error reply unread.
+    async fn linger_before_close(&mut self) {
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        let mut discarded = 0usize;
+        let mut scratch = BytesMut::new();
+        while discarded < LINGER_BYTES {
+            scratch.clear();
+            match tokio::time::timeout_at(
+                deadline,
+                self.transport.read_some(&mut scratch, 16 * 1024),
+            )
+            .await
+            {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => return,
+            }
         }
     }
 }

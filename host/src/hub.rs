@@ -15,21 +15,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use prometheus::IntCounter;
+
+use crate::budget::{BudgetKind, Budgets};
 use tokio::sync::Notify;
 
-/// Identifies a connection; unique for the process lifetime and never reused.
+/// Identifies a connection; unique for the process lifetime and never reused. Handed out per
+/// tenant (`ListenerShared::next_connection_id`), so an id tells nothing about other tenants.
 pub type ConnectionId = u64;
 
 /// Identifies a timer; unique for the process lifetime.
 pub type TimerId = u64;
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static NEXT_TIMER: AtomicU64 = AtomicU64::new(1);
-
-/// Hands out the next connection id.
-pub fn next_connection_id() -> ConnectionId {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
 
 /// Longest attribute key or group name.
 pub const MAX_NAME: usize = 256;
@@ -348,13 +345,22 @@ impl std::str::FromStr for SlowConsumer {
 /// every idle connection. Frames are bounded by a counter (`write_queue`) so a slow reader cannot
 /// make the host buffer without limit, while a close request or a timer change is never refused
 /// for lack of room (timers are capped per connection, and there is one close).
-#[derive(Default)]
 struct Inbox {
     queue: Mutex<VecDeque<Delivery>>,
     /// Wakes the connection task; a notification sent while it is busy is kept as a permit.
     ready: Notify,
     /// Frames in the queue.
     frames: AtomicUsize,
+    /// Bytes of the frames in the queue.
+    bytes: AtomicUsize,
+    /// Bytes in the connection's write buffer not yet written (its own replies included), as
+    /// last reported by the connection task: with `bytes`, what is held for this connection.
+    unwritten: AtomicUsize,
+    /// Bytes charged to the tenant's `queued_bytes` budget for this connection and not yet
+    /// returned (queued, or taken into the write buffer and not yet written).
+    charged: AtomicUsize,
+    /// The tenant's budgets, where `charged` is returned.
+    budgets: Arc<Budgets>,
     /// Set when the slow-consumer policy evicts the connection.
     evicted: AtomicBool,
     /// Wakes the task even while it waits for a client to read (in `flush`).
@@ -362,9 +368,32 @@ struct Inbox {
 }
 
 impl Inbox {
+    fn new(budgets: Arc<Budgets>) -> Self {
+        Inbox {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            frames: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            unwritten: AtomicUsize::new(0),
+            charged: AtomicUsize::new(0),
+            budgets,
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+        }
+    }
+
     fn push(&self, delivery: Delivery) {
         lock(&self.queue).push_back(delivery);
         self.ready.notify_one();
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // Whatever was never written goes back to the tenant with the connection.
+        self.budgets
+            .of(BudgetKind::QueuedBytes)
+            .release(*self.charged.get_mut());
     }
 }
 
@@ -411,10 +440,30 @@ impl Mailbox {
             queue.shrink_to(0);
         }
         drop(queue);
-        if matches!(delivery, Delivery::Frame(_)) {
+        if let Delivery::Frame(frame) = &delivery {
             self.inbox.frames.fetch_sub(1, Ordering::Relaxed);
+            self.inbox.bytes.fetch_sub(frame.len(), Ordering::Relaxed);
         }
         Some(delivery)
+    }
+
+    /// Reports how many bytes the connection's write buffer holds, so sends to it see the
+    /// whole of what is waiting for this client.
+    pub fn set_unwritten(&self, bytes: usize) {
+        self.inbox.unwritten.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Returns the tenant budget charged for `bytes` of queued frames that have now been
+    /// written (the connection counts what it took with [`Mailbox::try_next`]).
+    pub fn written(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.inbox.charged.fetch_sub(bytes, Ordering::Relaxed);
+        self.inbox
+            .budgets
+            .of(BudgetKind::QueuedBytes)
+            .release(bytes);
     }
 }
 
@@ -441,7 +490,11 @@ impl Entry {
         if !self.is_open() || self.close_requested.load(Ordering::Relaxed) {
             return Err(SendError::Closing);
         }
-        if self.inbox.frames.fetch_add(1, Ordering::Relaxed) >= rules.limit {
+        let len = frame.len();
+        let held =
+            self.inbox.bytes.load(Ordering::Relaxed) + self.inbox.unwritten.load(Ordering::Relaxed);
+        let over_bytes = held.saturating_add(len) > rules.bytes && held > 0;
+        if self.inbox.frames.fetch_add(1, Ordering::Relaxed) >= rules.limit || over_bytes {
             self.inbox.frames.fetch_sub(1, Ordering::Relaxed);
             match rules.policy {
                 SlowConsumer::Drop => rules.dropped.inc(),
@@ -456,6 +509,13 @@ impl Entry {
             }
             return Err(SendError::QueueFull);
         }
+        // The tenant's total: a full budget refuses this frame without blaming this reader.
+        if !rules.budgets.of(BudgetKind::QueuedBytes).try_charge(len) {
+            self.inbox.frames.fetch_sub(1, Ordering::Relaxed);
+            return Err(SendError::QueueFull);
+        }
+        self.inbox.charged.fetch_add(len, Ordering::Relaxed);
+        self.inbox.bytes.fetch_add(len, Ordering::Relaxed);
         self.inbox.push(Delivery::Frame(frame));
         Ok(())
     }
@@ -488,6 +548,12 @@ struct QueueRules {
     /// Frames a connection may have queued but not yet written; beyond it sends fail with
     /// `QueueFull` so a client that does not read cannot make the host buffer without bound.
     limit: usize,
+    /// Bytes a connection may have waiting (queued frames and unwritten replies); a frame that
+    /// would pass it is refused like one past `limit` (a lone frame is always taken, so one
+    /// frame up to `max_frame` can always reach an idle connection).
+    bytes: usize,
+    /// The tenant's budgets (`queued_bytes` over every connection).
+    budgets: Arc<Budgets>,
     /// What a full write queue does.
     policy: SlowConsumer,
     /// Frames dropped under [`SlowConsumer::Drop`].
@@ -530,6 +596,8 @@ impl LocalHub {
         LocalHub {
             full: QueueRules {
                 limit: write_queue.max(1),
+                bytes: crate::listener::DEFAULT_WRITE_QUEUE_BYTES,
+                budgets: Arc::new(Budgets::default()),
                 policy: slow_consumer,
                 dropped: crate::metrics::detached_counter(),
                 closed: crate::metrics::detached_counter(),
@@ -553,6 +621,18 @@ impl LocalHub {
         self
     }
 
+    /// Bounds what may wait for one connection in bytes and charges the tenant's `budgets`
+    /// for queued output, attributes, group memberships and timers.
+    pub fn with_budgets(mut self, write_queue_bytes: usize, budgets: Arc<Budgets>) -> Self {
+        self.full.bytes = write_queue_bytes.max(1);
+        self.full.budgets = budgets;
+        self
+    }
+
+    fn budget(&self, kind: BudgetKind) -> &crate::budget::Budget {
+        self.full.budgets.of(kind)
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, HashMap<ConnectionId, Entry>> {
         self.entries.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -567,6 +647,11 @@ impl LocalHub {
 
     fn groups_write(&self) -> RwLockWriteGuard<'_, HashMap<String, HashSet<ConnectionId>>> {
         self.groups.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release_groups(&self, names: &HashSet<String>) {
+        self.budget(BudgetKind::GroupBytes)
+            .release(names.iter().map(String::len).sum());
     }
 
     fn remove_from_groups(&self, id: ConnectionId, names: &HashSet<String>) {
@@ -588,7 +673,7 @@ fn valid_name(name: &str) -> bool {
 
 impl Hub for LocalHub {
     fn register(&self, peer: PeerInfo) -> Mailbox {
-        let inbox = Arc::new(Inbox::default());
+        let inbox = Arc::new(Inbox::new(self.full.budgets.clone()));
         let counters = Arc::new(Counters::default());
         let id = peer.id;
         self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -625,6 +710,7 @@ impl Hub for LocalHub {
             std::mem::take(&mut *lock(&entry.groups))
         };
         self.remove_from_groups(id, &groups);
+        self.release_groups(&groups);
     }
 
     fn unregister(&self, id: ConnectionId) {
@@ -633,7 +719,15 @@ impl Hub for LocalHub {
         };
         let groups = std::mem::take(&mut *lock(&entry.groups));
         self.remove_from_groups(id, &groups);
+        self.release_groups(&groups);
+        let attribute_bytes: usize = lock(&entry.attributes)
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.budget(BudgetKind::AttributeBytes)
+            .release(attribute_bytes);
         let timers = std::mem::take(&mut *lock(&entry.timers));
+        self.budget(BudgetKind::Timers).release(timers.len());
         let mut owners = lock(&self.timer_owners);
         for timer in timers {
             owners.remove(&timer);
@@ -711,8 +805,19 @@ impl Hub for LocalHub {
             .filter(|e| e.is_open())
             .ok_or(AttributeError::UnknownConnection)?;
         let mut attributes = lock(&entry.attributes);
-        if attributes.len() >= MAX_PER_CONNECTION && !attributes.contains_key(key) {
+        let old = attributes.get(key).map(|v| key.len() + v.len());
+        if attributes.len() >= MAX_PER_CONNECTION && old.is_none() {
             return Err(AttributeError::TooMany);
+        }
+        let new = key.len() + value.len();
+        let old = old.unwrap_or(0);
+        let budget = self.budget(BudgetKind::AttributeBytes);
+        if new > old {
+            if !budget.try_charge(new - old) {
+                return Err(AttributeError::TooMany);
+            }
+        } else {
+            budget.release(old - new);
         }
         attributes.insert(key.to_string(), value);
         Ok(())
@@ -727,7 +832,10 @@ impl Hub for LocalHub {
     fn remove_attribute(&self, id: ConnectionId, key: &str) -> Option<String> {
         let entries = self.read();
         let entry = entries.get(&id)?;
-        lock(&entry.attributes).remove(key)
+        let removed = lock(&entry.attributes).remove(key)?;
+        self.budget(BudgetKind::AttributeBytes)
+            .release(key.len() + removed.len());
+        Some(removed)
     }
 
     fn attributes(&self, id: ConnectionId) -> Vec<(String, String)> {
@@ -760,10 +868,14 @@ impl Hub for LocalHub {
                 .filter(|e| e.is_open())
                 .ok_or(GroupError::UnknownConnection)?;
             let mut mine = lock(&entry.groups);
-            if mine.len() >= MAX_PER_CONNECTION && !mine.contains(group) {
-                return Err(GroupError::TooMany);
+            if !mine.contains(group) {
+                if mine.len() >= MAX_PER_CONNECTION
+                    || !self.budget(BudgetKind::GroupBytes).try_charge(group.len())
+                {
+                    return Err(GroupError::TooMany);
+                }
+                mine.insert(group.to_string());
             }
-            mine.insert(group.to_string());
         }
         self.groups_write()
             .entry(group.to_string())
@@ -780,7 +892,9 @@ impl Hub for LocalHub {
                 .is_some_and(|e| lock(&e.groups).remove(group))
         };
         if was_member {
-            self.remove_from_groups(id, &HashSet::from([group.to_string()]));
+            let names = HashSet::from([group.to_string()]);
+            self.remove_from_groups(id, &names);
+            self.release_groups(&names);
         }
         was_member
     }
@@ -856,7 +970,7 @@ impl Hub for LocalHub {
             .filter(|e| e.is_open())
             .ok_or(TimerError::UnknownConnection)?;
         let mut timers = lock(&entry.timers);
-        if timers.len() >= MAX_PER_CONNECTION {
+        if timers.len() >= MAX_PER_CONNECTION || !self.budget(BudgetKind::Timers).try_charge(1) {
             return Err(TimerError::TooMany);
         }
         let timer = NEXT_TIMER.fetch_add(1, Ordering::Relaxed);
@@ -879,15 +993,19 @@ impl Hub for LocalHub {
         let Some(entry) = entries.get(&owner) else {
             return false;
         };
-        lock(&entry.timers).remove(&timer);
+        if lock(&entry.timers).remove(&timer) {
+            self.budget(BudgetKind::Timers).release(1);
+        }
         entry.control(Control::CancelTimer(timer));
         true
     }
 
     fn timer_done(&self, id: ConnectionId, timer: TimerId) {
         lock(&self.timer_owners).remove(&timer);
-        if let Some(entry) = self.read().get(&id) {
-            lock(&entry.timers).remove(&timer);
+        if let Some(entry) = self.read().get(&id)
+            && lock(&entry.timers).remove(&timer)
+        {
+            self.budget(BudgetKind::Timers).release(1);
         }
     }
 }

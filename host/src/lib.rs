@@ -15,6 +15,8 @@
 //! - [`metrics`]: Prometheus metric families and the handles listeners and plugin versions
 //!   update.
 //! - [`admission`]: connection limits per listener and per client address.
+//! - [`budget`]: what a tenant may make the host hold (queued output, partial frames,
+//!   attributes, groups, timers), in bytes, over all its connections.
 //! - [`worker`]: worker threads, each with its own runtime and plugin instances; connections are
 //!   pinned to one worker.
 //! - [`connection`]: one client — read, frame, call the plugin, write replies.
@@ -37,6 +39,7 @@
 pub mod admin;
 pub mod admission;
 pub mod bench;
+pub mod budget;
 pub mod builtin;
 pub mod cli;
 pub mod client;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::Budgets;
 use crate::framing::Framing;
 use crate::hub::{Hub, LocalHub, SlowConsumer};
 use crate::metrics::ListenerMetrics;
@@ -34,9 +35,18 @@ pub struct Limits {
     pub new_connections_per_second: Option<u32>,
     /// Close a connection that sent nothing for this long.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose frame is not complete this long after its first byte arrived
+    /// (the slowloris defence: a trickle of bytes does not count as activity for a frame that
+    /// never ends).
+    pub frame_timeout: Option<Duration>,
     /// Frames other connections may queue for one connection before the slow-consumer policy
     /// applies.
     pub write_queue: usize,
+    /// Bytes that may wait for one connection (its inbox and unwritten replies) before the
+    /// slow-consumer policy applies.
+    pub write_queue_bytes: usize,
+    /// What the tenant may make the host hold over all its connections.
+    pub budgets: crate::budget::BudgetLimits,
     /// What happens when a connection's write queue is full.
     pub slow_consumer: SlowConsumer,
     /// Memory and call deadline of each plugin instance; `None`: the runtime's defaults.
@@ -47,15 +57,32 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
-            max_connections_per_address: None,
+            max_connections_per_address: Some(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
             new_connections_per_second: None,
-            idle_timeout: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
             write_queue: DEFAULT_WRITE_QUEUE,
+            write_queue_bytes: DEFAULT_WRITE_QUEUE_BYTES,
+            budgets: crate::budget::BudgetLimits::default(),
             slow_consumer: SlowConsumer::Drop,
             instance: None,
         }
     }
 }
+
+/// Default `idle_timeout`: an Internet-facing port should not keep silent clients forever.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `frame_timeout`.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `max_connections_per_address`: one address cannot take every slot.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
+/// Default `write_queue_bytes`.
+pub const DEFAULT_WRITE_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bits of a connection id that number the connections of one tenant (2^40, a trillion, per
+/// listener instance); the bits above hold the listener's id.
+pub const CONNECTION_SEQ_BITS: u32 = 40;
+const CONNECTION_SEQ_MASK: u64 = (1 << CONNECTION_SEQ_BITS) - 1;
 
 /// How to build a listener.
 #[derive(Clone, Debug)]
@@ -90,6 +117,8 @@ pub struct ListenerShared {
     pub limits: Limits,
     /// Prometheus handles of this listener.
     pub metrics: Arc<ListenerMetrics>,
+    /// What the tenant may make the host hold; shared with its registry.
+    pub budgets: Arc<Budgets>,
     /// The registry, also reachable from the plugin through `ctx`.
     pub hub: Arc<dyn Hub>,
     /// What plugin instances of this listener are handed.
@@ -105,6 +134,8 @@ pub struct ListenerShared {
     /// Set once the listener stopped accepting; workers then free its instances when its last
     /// connection ends.
     retired: Arc<AtomicBool>,
+    /// The sequence number of this tenant's next connection.
+    next_connection: AtomicU64,
 }
 
 impl ListenerShared {
@@ -152,9 +183,11 @@ impl ListenerShared {
         let name: Arc<str> = Arc::from(settings.name.as_str());
         let limits = settings.limits;
         let metrics = ListenerMetrics::new(&name);
+        let budgets = Arc::new(Budgets::new(limits.budgets, metrics.budget_refused.clone()));
         let hub: Arc<dyn Hub> = Arc::new(
             LocalHub::with_policy(limits.write_queue, settings.max_frame, limits.slow_consumer)
-                .counting_full_queues(metrics.queue_dropped.clone(), metrics.queue_closed.clone()),
+                .counting_full_queues(metrics.queue_dropped.clone(), metrics.queue_closed.clone())
+                .with_budgets(limits.write_queue_bytes, budgets.clone()),
         );
         let ctx = Arc::new(ListenerContext {
             name: name.clone(),
@@ -162,6 +195,11 @@ impl ListenerShared {
             faults: Default::default(),
             metrics: metrics.clone(),
             upstreams: crate::upstream::GrantSlot::new(settings.upstreams),
+            output: Arc::new(crate::runtime::output::OutputRate::new(
+                crate::runtime::output::DEFAULT_RATE,
+                crate::runtime::output::DEFAULT_BURST,
+                metrics.output_dropped.clone(),
+            )),
         });
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(ListenerShared {
@@ -176,6 +214,7 @@ impl ListenerShared {
             )),
             metrics,
             limits,
+            budgets,
             hub,
             ctx,
             tls,
@@ -186,7 +225,18 @@ impl ListenerShared {
             drain: CancellationToken::new(),
             force: CancellationToken::new(),
             retired: Arc::new(AtomicBool::new(false)),
+            next_connection: AtomicU64::new(1),
         })
+    }
+
+    /// The id of this tenant's next connection: the listener's process-unique id in the high
+    /// bits, the tenant's own sequence number in the low [`CONNECTION_SEQ_BITS`]. Unique for the
+    /// process and never reused (listener ids are never reused either), never 0, and a plugin
+    /// that counts its own ids learns nothing about how busy other tenants are — with one
+    /// process-wide counter, the gaps between its ids were other tenants' connections.
+    pub fn next_connection_id(&self) -> crate::hub::ConnectionId {
+        let seq = self.next_connection.fetch_add(1, Ordering::Relaxed) & CONNECTION_SEQ_MASK;
+        (self.id << CONNECTION_SEQ_BITS) | seq
     }
 
     /// The tenant serving a TLS client that asked for `server_name`: a route's listener, or

@@ -20,6 +20,7 @@ use prometheus::{
 };
 
 use crate::admission::Refused;
+use crate::budget::BudgetKind;
 use crate::runtime::FaultKind;
 
 /// The content type of [`encode`]'s output.
@@ -56,6 +57,8 @@ struct Families {
     config_reloads: IntCounterVec,
     tls_failures: IntCounterVec,
     write_queue_full: IntCounterVec,
+    budget_refusals: IntCounterVec,
+    output_dropped: IntCounterVec,
     upstream_connections: IntGaugeVec,
     upstream_opened: IntCounterVec,
     upstream_closed: IntCounterVec,
@@ -135,6 +138,16 @@ impl Families {
                 "Upstream requests by result: ok, unavailable, timeout, frame-too-large, invalid-frame.",
                 &["upstream", "result"],
             ),
+            output_dropped: counter(
+                "pier_guest_output_dropped_total",
+                "Guest log, stdout and stderr lines dropped because the plugin wrote faster than its tenant's output rate.",
+                LISTENER,
+            ),
+            budget_refusals: counter(
+                "pier_budget_refusals_total",
+                "Operations refused because the tenant's budget was spent, by budget: queued_bytes, partial_frame_bytes, attribute_bytes, group_bytes, timers.",
+                &["listener", "budget"],
+            ),
             connections_open: gauge(
                 "pier_connections_open",
                 "Client connections open now.",
@@ -173,7 +186,7 @@ impl Families {
             call_duration,
             faults: counter(
                 "pier_plugin_faults_total",
-                "Guest calls that failed and cost their connection, by kind: trap, deadline, memory, send-flood, instantiate.",
+                "Guest calls that failed and cost their connection, by kind: trap, deadline, memory, send-flood, instantiate, reply-too-large.",
                 &["listener", "plugin", "version", "kind"],
             ),
             plugin_info: gauge(
@@ -259,6 +272,10 @@ pub struct ListenerMetrics {
     pub queue_closed: IntCounter,
     /// Admission refusals, in [`Refused`] order.
     refused: [IntCounter; 3],
+    /// Budget refusals, in [`BudgetKind::ALL`] order (taken by the tenant's `Budgets`).
+    pub budget_refused: [IntCounter; 5],
+    /// Guest output lines dropped by the tenant's output rate.
+    pub output_dropped: IntCounter,
 }
 
 impl ListenerMetrics {
@@ -275,6 +292,9 @@ impl ListenerMetrics {
             queue_dropped: f.write_queue_full.with_label_values(&[name, "drop"]),
             queue_closed: f.write_queue_full.with_label_values(&[name, "close"]),
             refused,
+            budget_refused: BudgetKind::ALL
+                .map(|kind| f.budget_refusals.with_label_values(&[name, kind.name()])),
+            output_dropped: f.output_dropped.with_label_values(&[name]),
         })
     }
 
@@ -288,6 +308,8 @@ impl ListenerMetrics {
             queue_dropped: detached_counter(),
             queue_closed: detached_counter(),
             refused: [detached_counter(), detached_counter(), detached_counter()],
+            budget_refused: std::array::from_fn(|_| detached_counter()),
+            output_dropped: detached_counter(),
         })
     }
 
@@ -353,7 +375,7 @@ pub struct VersionMetrics {
     /// Guest call durations.
     pub call_duration: Histogram,
     /// Faults, in [`FaultKind::ALL`] order.
-    faults: [IntCounter; 5],
+    faults: [IntCounter; FaultKind::ALL.len()],
 }
 
 impl VersionMetrics {

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
 }
 
+/// How long shutdown waits for the workers once the drain deadline forced every connection.
+const FORCE_GRACE: Duration = Duration::from_secs(5);
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -203,8 +206,15 @@ impl Server {
             for shared in &all {
                 shared.force_close();
             }
-            if let Err(err) = joined.await {
-                error!("worker shutdown failed: {err}");
+            // Forced connections end at their next await; a guest call is bounded by its call
+            // deadline. Should anything still hold a worker, shutdown does not wait for it: the
+            // drain timeout is the operator's promise that the process ends.
+            match tokio::time::timeout(FORCE_GRACE, &mut joined).await {
+                Ok(Err(err)) => error!("worker shutdown failed: {err}"),
+                Ok(Ok(())) => {}
+                Err(_) => error!(
+                    "workers still busy {FORCE_GRACE:?} after the drain deadline; stopping without them"
+                ),
             }
         }
         if started {

@@ -89,6 +89,7 @@ impl Instances {
                     ctx: listener.ctx.clone(),
                     limits,
                     idle: RefCell::new(Vec::new()),
+                    share: Arc::default(),
                     turns: Semaphore::new(concurrency),
                     keep_idle: if concurrency == MAX_CONCURRENT_CALLS {
                         1
@@ -127,6 +128,8 @@ pub struct TenantInstances {
     limits: crate::runtime::InstanceLimits,
     /// The instance ready for the next call (at most one is kept).
     idle: RefCell<Vec<PluginInstance>>,
+    /// The tenant's long-running calls on this worker, which share a bounded part of it.
+    share: Arc<crate::runtime::instance::CpuShare>,
     /// Most idle instances kept: one, or [`UPSTREAM_IDLE_INSTANCES`] for listeners whose calls
     /// wait on upstreams (re-creating one per request would cost an instantiation each).
     keep_idle: usize,
@@ -138,17 +141,24 @@ impl TenantInstances {
         self.retired.load(Ordering::Relaxed)
     }
 
+    /// Counts a fault found by the connection rather than by a guest call (an oversized reply).
+    pub fn record_fault(&self, kind: crate::runtime::FaultKind) -> u64 {
+        self.slot.current().metrics.fault(kind);
+        self.ctx.faults.record(kind)
+    }
+
     /// An instance for one guest call, waiting if `MAX_CONCURRENT_CALLS` of this tenant are
     /// already running on this worker. Returned to the pool when the lease drops.
     pub async fn lease(&self) -> Lease<'_> {
         // The semaphore is never closed, so acquiring cannot fail.
         let turn = self.turns.acquire().await.ok();
         let instance = self.idle.borrow_mut().pop().unwrap_or_else(|| {
-            PluginInstance::new(
+            PluginInstance::sharing(
                 self.runtime.clone(),
                 self.slot.clone(),
                 self.ctx.clone(),
                 self.limits,
+                self.share.clone(),
             )
         });
         Lease {

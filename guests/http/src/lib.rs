@@ -3,8 +3,9 @@
 //! this plugin parses the head with httparse and returns one whole response.
 //!
 //! Routes: `/` an HTML page, `/time` the time as JSON, `/stats` the host's live figures as JSON,
-//! anything else 404. `HEAD` gets the headers only. The host closes the connection after the
-//! response when the request asked for it, so `Connection:` here only mirrors the request.
+//! anything else 404. `HEAD` gets the headers only. `Connection:` in the response follows the
+//! request (HTTP/1.0 closes unless it asked for keep-alive); the host closes the connection
+//! after a response that says `close`.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -116,13 +117,22 @@ impl Guest for Http {
             };
             return Some(render(bad, false, true));
         };
-        let close = request.version == Some(0)
-            || request.headers.iter().any(|h| {
+        // HTTP/1.1 keeps the connection unless asked to close; HTTP/1.0 closes unless asked to
+        // keep it (`ab -k` sends `Connection: Keep-Alive`). The host closes after a response
+        // that says `close`, so this answer is also the decision.
+        let has_token = |token: &str| {
+            request.headers.iter().any(|h| {
                 h.name.eq_ignore_ascii_case("connection")
-                    && String::from_utf8_lossy(h.value)
-                        .to_ascii_lowercase()
-                        .contains("close")
-            });
+                    && h.value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
+        };
+        let close = if request.version == Some(0) {
+            !has_token("keep-alive") || has_token("close")
+        } else {
+            has_token("close")
+        };
         let head_only = request.method == Some("HEAD");
         let response = route(request.path.unwrap_or("/"));
         Some(render(response, head_only, close))

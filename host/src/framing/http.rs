@@ -13,10 +13,17 @@ use bytes::{Bytes, BytesMut};
 
 use super::FrameError;
 
-/// Largest request head accepted.
+/// Largest request head accepted; also the bound on a chunked request's trailer section.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most headers accepted.
 const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line accepted (size, extensions, CRLF). Extensions are opaque to pier and
+/// rarely used; a long line is only a way to make the host buffer and scan.
+pub const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Below this many buffered bytes a head with no end yet is parsed on every read (so garbage is
+/// refused at once); above it only when the buffer has doubled since the last attempt, so a head
+/// trickling in costs linear, not quadratic, CPU.
+const EAGER_PARSE: usize = 1024;
 
 /// How the body of the request being read is delimited.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +33,9 @@ enum Body {
     /// Chunked: `scanned` bytes (from the start of the request) are known-good chunks, holding
     /// `body` bytes of data.
     Chunked { scanned: usize, body: usize },
+    /// Chunked, the last chunk seen: the trailer section starts at `start` and holds no empty
+    /// line before `searched`.
+    Trailers { start: usize, searched: usize },
 }
 
 /// The request currently being read, once its head is complete.
@@ -42,10 +52,15 @@ struct Pending {
 /// Cuts one connection's bytes into HTTP requests.
 #[derive(Debug)]
 pub struct HttpDecoder {
-    /// Largest body accepted.
+    /// Largest body accepted: the data of a `Content-Length` body, or everything a chunked body
+    /// sends after the head (sizes, extensions, data, trailers).
     max_body: usize,
     /// The request whose head has been parsed but whose body is incomplete.
     pending: Option<Pending>,
+    /// Bytes of an unfinished head already searched for its end (no empty line before here).
+    head_searched: usize,
+    /// Buffer length at which an unfinished head is parsed again (see [`EAGER_PARSE`]).
+    next_parse: usize,
     /// Set when the last request returned asked for the connection to close.
     close_after: bool,
 }
@@ -56,6 +71,8 @@ impl HttpDecoder {
         HttpDecoder {
             max_body,
             pending: None,
+            head_searched: 0,
+            next_parse: 0,
             close_after: false,
         }
     }
@@ -84,19 +101,44 @@ impl HttpDecoder {
                 }
                 total
             }
-            Body::Chunked { scanned, body } => match self.scan_chunks(buf, scanned, body)? {
+            Body::Chunked { .. } | Body::Trailers { .. } => match self.scan_chunks(buf)? {
                 Some(total) => total,
                 None => return Ok(None),
             },
         };
         self.pending = None;
+        self.head_searched = 0;
+        self.next_parse = 0;
         self.close_after = pending.close;
         Ok(Some(buf.split_to(total).freeze()))
     }
 
-    fn parse_head(&self, buf: &BytesMut) -> Result<Option<Pending>, FrameError> {
+    fn parse_head(&mut self, buf: &BytesMut) -> Result<Option<Pending>, FrameError> {
         if buf.is_empty() {
             return Ok(None);
+        }
+        // httparse starts from the beginning every time; only call it when the head can be
+        // complete (an empty line arrived) or on the eager/doubling schedule.
+        let ended = match find_head_end(buf, self.head_searched) {
+            Some(_) => true,
+            None => {
+                // The last two bytes may start an empty line completed by the next read.
+                self.head_searched = buf.len().saturating_sub(2);
+                false
+            }
+        };
+        if !ended {
+            if buf.len() > MAX_HEAD {
+                return Err(too_large_head());
+            }
+            if buf.len() < self.next_parse {
+                return Ok(None);
+            }
+            self.next_parse = if buf.len() < EAGER_PARSE {
+                0
+            } else {
+                buf.len() * 2
+            };
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
@@ -112,34 +154,56 @@ impl HttpDecoder {
         }
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
-        let mut close = request.version == Some(0);
+        let mut host = false;
+        let http_1_0 = request.version == Some(0);
+        let mut close = http_1_0;
         for header in request.headers.iter() {
             let value = std::str::from_utf8(header.value)
                 .map_err(|_| bad_request("header value is not valid text"))?
                 .trim();
             if header.name.eq_ignore_ascii_case("content-length") {
-                let len: usize = value
-                    .parse()
-                    .map_err(|_| bad_request("invalid Content-Length"))?;
+                // RFC 9112 §6.3: 1*DIGIT only — `+5`, `-0` or `5 5` are not lengths.
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad_request("invalid Content-Length"));
+                }
+                let len: usize = value.parse().map_err(|_| too_large_body(self.max_body))?;
                 if content_length.is_some_and(|prev| prev != len) {
                     return Err(bad_request("conflicting Content-Length headers"));
                 }
                 content_length = Some(len);
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                let last = value.rsplit(',').next().unwrap_or("").trim();
-                if !last.eq_ignore_ascii_case("chunked") {
+                for coding in value.split(',').map(str::trim) {
+                    if chunked {
+                        // RFC 9112 §6.1: chunked is applied once and is the final coding.
+                        return Err(bad_request("chunked is not the final transfer coding"));
+                    }
+                    if coding.eq_ignore_ascii_case("chunked") {
+                        chunked = true;
+                    } else if coding.is_empty() {
+                        return Err(bad_request("empty transfer coding"));
+                    }
+                }
+                if !chunked {
                     return Err(bad_request("unsupported Transfer-Encoding"));
                 }
-                chunked = true;
+            } else if header.name.eq_ignore_ascii_case("host") {
+                if host {
+                    return Err(bad_request("more than one Host header"));
+                }
+                host = true;
             } else if header.name.eq_ignore_ascii_case("connection") {
                 for token in value.split(',').map(str::trim) {
                     if token.eq_ignore_ascii_case("close") {
                         close = true;
-                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                    } else if token.eq_ignore_ascii_case("keep-alive") && http_1_0 {
                         close = false;
                     }
                 }
             }
+        }
+        if !http_1_0 && !host {
+            // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+            return Err(bad_request("HTTP/1.1 request without a Host header"));
         }
         let body = match (chunked, content_length) {
             (true, Some(_)) => {
@@ -157,58 +221,157 @@ impl HttpDecoder {
         Ok(Some(Pending { head, body, close }))
     }
 
-    /// Walks chunks from `scanned`; returns the request's total length once the last chunk and
-    /// the trailer section are in.
-    fn scan_chunks(
-        &mut self,
-        buf: &BytesMut,
-        mut scanned: usize,
-        mut body: usize,
-    ) -> Result<Option<usize>, FrameError> {
-        let result = loop {
-            let rest = &buf[scanned..];
-            let (line, size) = match httparse::parse_chunk_size(rest) {
-                Ok(httparse::Status::Complete(found)) => found,
-                Ok(httparse::Status::Partial) => break None,
-                Err(_) => return Err(bad_request("malformed chunk size")),
-            };
-            if size == 0 {
-                // The trailer section ends with an empty line.
-                let after = &rest[line..];
-                if after.starts_with(b"\r\n") {
-                    break Some(scanned + line + 2);
-                }
-                match find(after, b"\r\n\r\n") {
-                    Some(end) => break Some(scanned + line + end + 4),
-                    None if after.len() > MAX_HEAD => return Err(too_large_head()),
-                    None => break None,
-                }
-            }
-            let size = usize::try_from(size).map_err(|_| too_large_body(self.max_body))?;
-            if body.saturating_add(size) > self.max_body {
-                return Err(too_large_body(self.max_body));
-            }
-            let end = scanned + line + size;
-            if rest.len() < line + size + 2 {
-                break None;
-            }
-            if &buf[end..end + 2] != b"\r\n" {
-                return Err(bad_request("chunk data not followed by CRLF"));
-            }
-            body += size;
-            scanned = end + 2;
+    /// Walks chunks from where the last call stopped; returns the request's total length once
+    /// the last chunk and the trailer section are in. Every byte is examined a bounded number of
+    /// times: a chunk-size line at most [`MAX_CHUNK_LINE`] bytes is re-read per read until it
+    /// ends, the trailer search resumes where it stopped.
+    fn scan_chunks(&mut self, buf: &BytesMut) -> Result<Option<usize>, FrameError> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Ok(None);
         };
-        if result.is_none()
-            && let Some(p) = self.pending.as_mut()
-        {
-            p.body = Body::Chunked { scanned, body };
+        let head = pending.head;
+        // Everything after the head counts against `max_body`, so a frame is never larger than
+        // the head limit plus `max_frame` however the body is cut into chunks.
+        let limit = head.saturating_add(self.max_body);
+        let too_large = || too_large_body(self.max_body);
+        loop {
+            match pending.body {
+                Body::Length(_) => return Ok(None),
+                Body::Chunked { scanned, body } => {
+                    let rest = &buf[scanned..];
+                    let (line, size) = match httparse::parse_chunk_size(rest) {
+                        Ok(httparse::Status::Complete(found)) => found,
+                        Ok(httparse::Status::Partial) => {
+                            if rest.len() > MAX_CHUNK_LINE {
+                                return Err(long_chunk_line());
+                            }
+                            if buf.len() > limit {
+                                return Err(too_large());
+                            }
+                            return Ok(None);
+                        }
+                        Err(_) => return Err(bad_request("malformed chunk size")),
+                    };
+                    if line > MAX_CHUNK_LINE {
+                        return Err(long_chunk_line());
+                    }
+                    if size == 0 {
+                        let start = scanned + line;
+                        pending.body = Body::Trailers {
+                            start,
+                            searched: start,
+                        };
+                        continue;
+                    }
+                    let size = usize::try_from(size).map_err(|_| too_large())?;
+                    if body.saturating_add(size) > self.max_body {
+                        return Err(too_large());
+                    }
+                    let end = scanned + line + size;
+                    if end.saturating_add(2) > limit {
+                        return Err(too_large());
+                    }
+                    if rest.len() < line + size + 2 {
+                        return Ok(None);
+                    }
+                    if &buf[end..end + 2] != b"\r\n" {
+                        return Err(bad_request("chunk data not followed by CRLF"));
+                    }
+                    pending.body = Body::Chunked {
+                        scanned: end + 2,
+                        body: body + size,
+                    };
+                }
+                Body::Trailers { start, searched } => {
+                    // The trailer section is header lines ending with an empty line; with no
+                    // trailers it is just that CRLF.
+                    if buf.len() >= start + 2 && &buf[start..start + 2] == b"\r\n" {
+                        return Ok(Some(start + 2));
+                    }
+                    let from = searched.max(start);
+                    if let Some(at) = find(&buf[from..], b"\r\n\r\n") {
+                        let end = from + at + 4;
+                        if end - start > MAX_HEAD || end > limit {
+                            return Err(too_large_trailers());
+                        }
+                        return Ok(Some(end));
+                    }
+                    if buf.len() - start > MAX_HEAD || buf.len() > limit {
+                        return Err(too_large_trailers());
+                    }
+                    // A terminator may straddle this read and the next.
+                    pending.body = Body::Trailers {
+                        start,
+                        searched: buf.len().saturating_sub(3).max(start),
+                    };
+                    return Ok(None);
+                }
+            }
         }
-        Ok(result)
     }
+}
+
+/// Where the empty line ending a request head is, searching from `from`: the index just past
+/// it. httparse accepts bare `\n` line ends, so `\n\n` and `\n\r\n` both end a head.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(nl) = buf
+        .get(at..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    {
+        let i = at + nl;
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => return Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(i + 3),
+            _ => at = i + 1,
+        }
+    }
+    None
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn long_chunk_line() -> FrameError {
+    bad_request(&format!(
+        "chunk-size line longer than {MAX_CHUNK_LINE} bytes"
+    ))
+}
+
+fn too_large_trailers() -> FrameError {
+    FrameError::Http {
+        status: 431,
+        reason: format!("trailer section larger than {MAX_HEAD} bytes"),
+    }
+}
+
+/// Whether a response the plugin wrote tells the client the connection ends after it: a
+/// `Connection: close`, or an HTTP/1.0 response without `keep-alive`. The host must then close
+/// it, or a client waiting for the close (ApacheBench with `-k` on HTTP/1.0) hangs. A reply the
+/// host cannot parse as a response head decides nothing.
+pub fn response_closes(reply: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    if !matches!(response.parse(reply), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    let mut close = response.version == Some(0);
+    for header in response.headers.iter() {
+        if !header.name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        for token in header.value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                return true;
+            }
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                close = false;
+            }
+        }
+    }
+    close
 }
 
 fn bad_request(reason: &str) -> FrameError {
@@ -277,7 +440,7 @@ mod tests {
 
     #[test]
     fn pipelined_requests_with_bodies_are_split_exactly() {
-        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /y HTTP/1.1\r\n\r\n";
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /y HTTP/1.1\r\nHost: a\r\n\r\n";
         let (frames, err, dec) = decode_all(1024, input);
         assert!(err.is_none());
         assert_eq!(frames.len(), 3);
@@ -287,7 +450,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_end_at_the_last_chunk_even_when_split() {
-        let request = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
+        let request = b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
         for split in 1..request.len() {
             let mut dec = HttpDecoder::new(1024);
             let mut buf = BytesMut::from(&request[..split]);
@@ -299,11 +462,14 @@ mod tests {
 
     #[test]
     fn limits_and_malformed_requests_map_to_status_codes() {
-        let (_, err, _) = decode_all(4, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        let (_, err, _) = decode_all(
+            4,
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        );
         assert_eq!(status(err), 413);
         let (_, err, _) = decode_all(
             4,
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         );
         assert_eq!(status(err), 413);
         let big = format!(
@@ -323,19 +489,19 @@ mod tests {
         assert_eq!(status(err), 400);
         let (_, err, _) = decode_all(
             4,
-            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         );
         assert_eq!(status(err), 400);
         let (_, err, _) = decode_all(
             64,
-            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
         );
         assert_eq!(status(err), 400);
     }
 
     #[test]
     fn connection_close_and_http_1_0_ask_to_close() {
-        let (_, _, dec) = decode_all(8, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let (_, _, dec) = decode_all(8, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         assert!(dec.close_requested());
         let (_, _, dec) = decode_all(8, b"GET / HTTP/1.0\r\n\r\n");
         assert!(dec.close_requested());

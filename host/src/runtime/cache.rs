@@ -5,6 +5,12 @@
 //! code, so a changed plugin or a changed engine configuration (or wasmtime version) never
 //! reuses a stale artifact. Entries are written to a temporary file and renamed into place,
 //! so concurrent pier processes never read half-written artifacts.
+//!
+//! Loading an artifact runs it as native code, so it is checked first: each entry ends with a
+//! SHA-256 over the plugin's content hash and the compiled bytes (then a format marker), and
+//! the file is read into memory, checked, and deserialized from that copy. A corrupted, truncated
+//! or foreign entry is one warning and a recompile; a file changed under a running pier cannot
+//! affect code already loaded.
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -65,22 +71,29 @@ impl ArtifactCache {
     ) -> Result<(Component, bool)> {
         let path = self.entry_path(content_hash);
         if path.exists() {
-            // SAFETY: entries are written only by `store` below, from `precompile_component`
-            // output for exactly this content hash and engine configuration, into a directory
-            // only this user can write. A corrupt or foreign file fails wasmtime's own header
-            // checks and is recompiled.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => return Ok((component, true)),
+            match read_verified(&path, content_hash) {
+                // SAFETY: the bytes are a private copy in memory (the file changing afterwards
+                // cannot affect them), and their digest — over this plugin's content hash and
+                // the artifact — matches the one `store` wrote next to `precompile_component`
+                // output for exactly this plugin and engine configuration, in a directory only
+                // this user can write. wasmtime's own header checks run as well.
+                Ok(artifact) => match unsafe { Component::deserialize(engine, &artifact) } {
+                    Ok(component) => return Ok((component, true)),
+                    Err(err) => tracing::warn!(
+                        path = %path.display(),
+                        "ignoring an unusable cached plugin artifact; recompiling: {err}"
+                    ),
+                },
                 Err(err) => tracing::warn!(
                     path = %path.display(),
-                    "ignoring an unusable cached plugin artifact: {err}"
+                    "ignoring a cached plugin artifact that fails its check; recompiling: {err}"
                 ),
             }
         }
         let compiled = engine
             .precompile_component(bytes)
             .map_err(anyhow::Error::from)?;
-        if let Err(err) = self.store(&path, &compiled) {
+        if let Err(err) = self.store(&path, content_hash, &compiled) {
             tracing::warn!(path = %path.display(), "could not cache a compiled plugin: {err:#}");
         }
         // SAFETY: `compiled` was produced just now by this engine.
@@ -89,7 +102,7 @@ impl ArtifactCache {
         Ok((component, false))
     }
 
-    fn store(&self, path: &Path, compiled: &[u8]) -> Result<()> {
+    fn store(&self, path: &Path, content_hash: &str, compiled: &[u8]) -> Result<()> {
         let tmp = self.dir.join(format!(
             ".{}.{}.tmp",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
@@ -97,10 +110,61 @@ impl ArtifactCache {
         ));
         let mut file = fs::File::create(&tmp).context("create a temporary file")?;
         file.write_all(compiled).context("write the artifact")?;
+        file.write_all(&digest(content_hash, compiled))
+            .context("write the artifact's digest")?;
+        file.write_all(TRAILER_MAGIC)
+            .context("write the artifact's digest")?;
         file.sync_all().ok();
         fs::rename(&tmp, path).context("move the artifact into place")?;
         Ok(())
     }
+}
+
+/// Ends every artifact, after its digest: marks the format, so an entry written by an older
+/// pier (no digest) is recognised and recompiled rather than misread.
+const TRAILER_MAGIC: &[u8; 8] = b"pier-d1\n";
+/// SHA-256 length.
+const DIGEST_LEN: usize = 32;
+
+/// The digest stored after an artifact: SHA-256 over the plugin's content hash and the compiled
+/// bytes, so a corrupted artifact and one saved under another plugin's name both fail the check.
+fn digest(content_hash: &str, compiled: &[u8]) -> [u8; DIGEST_LEN] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(content_hash.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(compiled);
+    hasher.finalize().into()
+}
+
+/// Why a cached artifact is not used.
+#[derive(Debug, thiserror::Error)]
+enum ArtifactError {
+    #[error("cannot read it: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("it has no digest (written by an older pier, or truncated)")]
+    NoDigest,
+    #[error("its digest does not match its contents (corrupted, or another plugin's artifact)")]
+    Mismatch,
+}
+
+/// Reads an artifact into memory and checks its digest; the compiled bytes without the trailer.
+/// Read rather than mapped: a file truncated or rewritten while pier runs must not be able to
+/// fault the process (a mapped page that no longer exists is a SIGBUS).
+fn read_verified(path: &Path, content_hash: &str) -> Result<Vec<u8>, ArtifactError> {
+    let mut bytes = fs::read(path)?;
+    let Some(body_len) = bytes.len().checked_sub(DIGEST_LEN + TRAILER_MAGIC.len()) else {
+        return Err(ArtifactError::NoDigest);
+    };
+    if &bytes[body_len + DIGEST_LEN..] != TRAILER_MAGIC {
+        return Err(ArtifactError::NoDigest);
+    }
+    let stored = &bytes[body_len..body_len + DIGEST_LEN];
+    if stored != digest(content_hash, &bytes[..body_len]) {
+        return Err(ArtifactError::Mismatch);
+    }
+    bytes.truncate(body_len);
+    Ok(bytes)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

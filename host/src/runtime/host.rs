@@ -31,6 +31,8 @@ pub struct ListenerContext {
     pub metrics: Arc<crate::metrics::ListenerMetrics>,
     /// The upstreams the listener grants its plugin.
     pub upstreams: crate::upstream::GrantSlot,
+    /// The rate limit on the plugin's log lines and stdout/stderr.
+    pub output: Arc<super::output::OutputRate>,
 }
 
 /// Per-listener sandbox limits for each plugin instance.
@@ -66,6 +68,16 @@ pub struct HostState {
     /// Set when an upstream request resumed the call: the epoch tick that passed while the
     /// call waited is not charged against its deadline (see `instance::time_slice`).
     pub(crate) resumed_from_wait: bool,
+    /// Time the running call spent suspended for reasons that do not count toward its
+    /// deadline (yielding to other connections, waiting for an upstream); every other wait in
+    /// a host function does (`instance::Deadline`).
+    pub(crate) excused: Arc<ExcusedTime>,
+    /// When the running call started, for the wall-clock part of its deadline.
+    pub(crate) call_started: std::time::Instant,
+    /// The tenant's long-call count on this worker, for time slicing (`instance::time_slice`).
+    pub(crate) share: Option<Arc<super::instance::CpuShare>>,
+    /// Set while the running call counts as one of its tenant's long calls.
+    pub(crate) long_call: Option<super::instance::LongCall>,
     /// Set for the scratch instance that checks a plugin at load: its guest logs and output
     /// are dropped, so loading a plugin does not look like serving one.
     pub(crate) quiet: bool,
@@ -78,10 +90,11 @@ pub struct HostState {
 impl wasmtime_wasi::WasiView for HostState {
     fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
         let (plugin, quiet) = (&self.plugin, self.quiet);
+        let ctx = &self.ctx;
         wasmtime_wasi::WasiCtxView {
             ctx: self
                 .wasi
-                .get_or_insert_with(|| super::wasi::context(plugin.clone(), quiet)),
+                .get_or_insert_with(|| super::wasi::context(plugin.clone(), ctx, quiet)),
             table: &mut self.table,
         }
     }
@@ -111,6 +124,10 @@ impl HostState {
             refused_sends: 0,
             call_ticks: 0,
             resumed_from_wait: false,
+            excused: Arc::new(ExcusedTime::default()),
+            call_started: std::time::Instant::now(),
+            share: None,
+            long_call: None,
             quiet: false,
             wasi: None,
             table: wasmtime_wasi::ResourceTable::new(),
@@ -123,6 +140,89 @@ impl HostState {
         self.refused_sends = 0;
         self.call_ticks = 0;
         self.resumed_from_wait = false;
+        self.excused.reset();
+        self.call_started = std::time::Instant::now();
+        self.long_call = None;
+    }
+}
+
+/// Wall-clock time a guest call is suspended without being charged for it, shared between the
+/// store (which marks the waits) and the future that enforces the call deadline (which reads
+/// them). Atomics because the store data must be `Send`; there is never contention.
+#[derive(Debug)]
+pub struct ExcusedTime {
+    /// The reference point of the offsets below.
+    origin: std::time::Instant,
+    /// Nanoseconds of finished excused waits in this call.
+    total: std::sync::atomic::AtomicU64,
+    /// 1 + the offset (ns from `origin`) where the excused wait in progress began; 0 if none.
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ExcusedTime {
+    fn default() -> Self {
+        ExcusedTime {
+            origin: std::time::Instant::now(),
+            total: Default::default(),
+            since: Default::default(),
+        }
+    }
+}
+
+impl ExcusedTime {
+    fn offset(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn reset(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.total.store(0, Relaxed);
+        self.since.store(0, Relaxed);
+    }
+
+    /// Marks the start of a wait that is not charged to the call.
+    pub(crate) fn enter(&self) {
+        let now = self.offset(std::time::Instant::now());
+        self.since
+            .store(now.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Marks its end.
+    pub(crate) fn leave(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let since = self.since.swap(0, Relaxed);
+        if since > 0 {
+            let now = self.offset(std::time::Instant::now());
+            self.total.fetch_add(now.saturating_sub(since - 1), Relaxed);
+        }
+    }
+
+    /// Excused time so far, the wait in progress included.
+    pub(crate) fn so_far(&self, now: std::time::Instant) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut nanos = self.total.load(Relaxed);
+        let since = self.since.load(Relaxed);
+        if since > 0 {
+            nanos = nanos.saturating_add(self.offset(now).saturating_sub(since - 1));
+        }
+        Duration::from_nanos(nanos)
+    }
+}
+
+/// Marks an excused wait for as long as it lives, so a wait whose future is dropped midway
+/// still ends.
+pub(crate) struct Excuse(pub(crate) Arc<ExcusedTime>);
+
+impl Excuse {
+    pub(crate) fn begin(time: &Arc<ExcusedTime>) -> Self {
+        time.enter();
+        Excuse(time.clone())
+    }
+}
+
+impl Drop for Excuse {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 
@@ -411,6 +511,10 @@ impl log::Host for HostState {
         let message = truncate(&message, MAX_LOG_MESSAGE);
         let listener = &*self.ctx.name;
         let plugin = &*self.plugin;
+        let verdict = self.ctx.output.admit(message.len());
+        if !super::output::note_drops(&verdict, listener, plugin) {
+            return;
+        }
         let conn = self.current;
         match level {
             Level::Trace => {
@@ -454,7 +558,10 @@ impl upstream::Host for HostState {
         let Some(pool) = self.ctx.upstreams.get(&name) else {
             return Err(W::NotGranted);
         };
+        // The upstream's own `request_timeout` bounds this wait, not the call deadline.
+        let excuse = Excuse::begin(&self.excused);
         let result = pool.request(Bytes::from(frame)).await;
+        drop(excuse);
         self.resumed_from_wait = true;
         match result {
             Ok(reply) => Ok(reply.to_vec()),

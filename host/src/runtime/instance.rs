@@ -16,7 +16,7 @@ use wasmtime::Store;
 
 use super::Runtime;
 use super::bindings::{CloseReason, Peer, Plugin, Refusal};
-use super::host::{HostState, InstanceLimits, ListenerContext};
+use super::host::{Excuse, ExcusedTime, HostState, InstanceLimits, ListenerContext};
 use super::plugin::{LoadedPlugin, OnFrames, OnTimer, Restore, Snapshot};
 use super::slot::{Deployment, PluginSlot};
 use crate::hub::ConnectionId;
@@ -36,6 +36,8 @@ pub enum FaultKind {
     SendFlood,
     /// No instance could be created (instantiation itself trapped or the pool is exhausted).
     Instantiate,
+    /// A reply larger than the listener's limit: never written, the connection is closed.
+    ReplyTooLarge,
 }
 
 impl FaultKind {
@@ -47,24 +49,26 @@ impl FaultKind {
             FaultKind::Memory => "memory",
             FaultKind::SendFlood => "send-flood",
             FaultKind::Instantiate => "instantiate",
+            FaultKind::ReplyTooLarge => "reply-too-large",
         }
     }
 }
 
 impl FaultKind {
     /// Every kind, in the order [`FaultCounts`] keeps them.
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 6] = [
         FaultKind::Trap,
         FaultKind::Deadline,
         FaultKind::Memory,
         FaultKind::SendFlood,
         FaultKind::Instantiate,
+        FaultKind::ReplyTooLarge,
     ];
 }
 
 /// Faults of one listener's plugin since the listener started, by kind, over every worker.
 #[derive(Debug, Default)]
-pub struct FaultCounts([std::sync::atomic::AtomicU64; 5]);
+pub struct FaultCounts([std::sync::atomic::AtomicU64; FaultKind::ALL.len()]);
 
 impl FaultCounts {
     /// Counts one fault; returns the listener's total so far.
@@ -153,6 +157,9 @@ pub struct PluginInstance {
     faults: u64,
     /// Calls made on the current instance, for `recycle_after`.
     calls: u64,
+    /// How many of this tenant's calls on this worker are long-running now (shared by the
+    /// tenant's instances on the worker; see [`CpuShare`]).
+    share: Arc<CpuShare>,
 }
 
 impl PluginInstance {
@@ -164,8 +171,21 @@ impl PluginInstance {
         ctx: Arc<ListenerContext>,
         limits: InstanceLimits,
     ) -> Self {
+        Self::sharing(runtime, slot, ctx, limits, Arc::default())
+    }
+
+    /// Like [`PluginInstance::new`], counting its long calls in `share` with the tenant's other
+    /// instances on the same worker.
+    pub fn sharing(
+        runtime: Arc<Runtime>,
+        slot: Arc<PluginSlot>,
+        ctx: Arc<ListenerContext>,
+        limits: InstanceLimits,
+        share: Arc<CpuShare>,
+    ) -> Self {
         let deployment = slot.current();
         PluginInstance {
+            share,
             label: label(&deployment.plugin),
             deployment,
             slot,
@@ -209,7 +229,15 @@ impl PluginInstance {
         let started = std::time::Instant::now();
         let next = self.slot.current();
         let snapshot = match self.live.as_mut() {
-            Some(live) => take_snapshot(live, &self.label).await,
+            Some(live) => match take_snapshot(live, &self.label).await {
+                Ok(snapshot) => snapshot,
+                Err(kind) => {
+                    // Counted under the outgoing version, whose export failed.
+                    self.ctx.faults.record(kind);
+                    self.deployment.metrics.fault(kind);
+                    None
+                }
+            },
             None => None,
         };
         let from = std::mem::replace(&mut self.label, label(&next.plugin));
@@ -224,8 +252,11 @@ impl PluginInstance {
             } else {
                 let label = self.label.clone();
                 if let Ok(live) = self.live().await {
-                    restored = restore_snapshot(live, &label, &state).await;
-                    if !restored {
+                    let outcome = restore_snapshot(live, &label, &state).await;
+                    restored = outcome.is_ok();
+                    if let Err(kind) = outcome {
+                        self.ctx.faults.record(kind);
+                        self.deployment.metrics.fault(kind);
                         // A failed restore may leave guest memory half-written: start clean.
                         self.live = None;
                     }
@@ -301,11 +332,20 @@ impl PluginInstance {
         f: impl AsyncFnOnce(&Plugin, &Extras, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
         self.follow_reload().await;
+        let deadline = self.limits.call_deadline;
+        let share = self.share.clone();
         let live = self.live().await?;
         live.store.data_mut().begin_call(id);
+        live.store.data_mut().share = Some(share);
         live.store.set_epoch_deadline(1);
         let started = std::time::Instant::now();
-        let result = f(&live.bindings, &live.extras, &mut live.store).await;
+        let excused = live.store.data().excused.clone();
+        let call = f(&live.bindings, &live.extras, &mut live.store);
+        let result = within_deadline(call, started, deadline, &excused)
+            .await
+            .unwrap_or_else(|| Err(wasmtime::Error::new(WaitedPastDeadline)));
+        // No longer a long call of its tenant, whatever happens next.
+        live.store.data_mut().long_call = None;
         let elapsed = started.elapsed().as_secs_f64();
         match result {
             Ok(value) => {
@@ -339,20 +379,7 @@ impl PluginInstance {
                 Ok(value)
             }
             Err(err) => {
-                let kind = if live.store.data().limiter.hit {
-                    FaultKind::Memory
-                } else if matches!(
-                    err.downcast_ref::<wasmtime::Trap>(),
-                    Some(wasmtime::Trap::Interrupt)
-                ) {
-                    if live.store.data().refused_sends > 0 {
-                        FaultKind::SendFlood
-                    } else {
-                        FaultKind::Deadline
-                    }
-                } else {
-                    FaultKind::Trap
-                };
+                let kind = classify(&err, live.store.data());
                 self.live = None;
                 self.calls = 0;
                 self.faults += 1;
@@ -471,28 +498,165 @@ impl PluginInstance {
 pub(crate) fn time_slice(store: &mut Store<HostState>, deadline: std::time::Duration) {
     let max_ticks = super::deadline_ticks(deadline);
     store.epoch_deadline_callback(move |mut ctx| {
-        let ticks = {
-            let state = ctx.data_mut();
-            if std::mem::take(&mut state.resumed_from_wait) {
-                // The epoch moved while the call waited for an upstream, not while it ran.
-                return Ok(wasmtime::UpdateDeadline::Continue(1));
-            }
-            state.call_ticks += 1;
-            state.call_ticks
-        };
+        let state = ctx.data_mut();
+        // Wall time used, minus what the call is excused for: host functions the guest called
+        // (an O(n) `peers()`, a log write) are charged like guest code. The epoch only says
+        // when to look, and a look can come late, after a long host call.
+        let now = std::time::Instant::now();
+        let charged = now
+            .saturating_duration_since(state.call_started)
+            .saturating_sub(state.excused.so_far(now));
+        if charged >= deadline {
+            return Ok(wasmtime::UpdateDeadline::Interrupt);
+        }
+        if std::mem::take(&mut state.resumed_from_wait) {
+            // The epoch moved while the call waited for an upstream, not while it ran.
+            return Ok(wasmtime::UpdateDeadline::Continue(1));
+        }
+        state.call_ticks += 1;
+        let ticks = state.call_ticks;
         if ticks >= max_ticks {
             Ok(wasmtime::UpdateDeadline::Interrupt)
         } else if ticks >= 2 {
-            // tokio's `yield_now` lets the worker poll its sockets before resuming this task;
-            // a plain yield would be re-polled at once, dozens of times before any I/O is seen.
+            // Yielding through tokio lets the worker poll its sockets before resuming this
+            // task; a plain yield would be re-polled at once, dozens of times before any I/O.
+            let excuse = Excuse::begin(&state.excused);
+            let pause = match state.share.clone() {
+                Some(share) => state
+                    .long_call
+                    .get_or_insert_with(|| LongCall::begin(share))
+                    .pause(),
+                None => std::time::Duration::ZERO,
+            };
             Ok(wasmtime::UpdateDeadline::YieldCustom(
                 1,
-                Box::pin(tokio::task::yield_now()),
+                Box::pin(async move {
+                    give_way(pause).await;
+                    // Time spent waiting for the worker's other connections is not this call's.
+                    drop(excuse);
+                }),
             ))
         } else {
             Ok(wasmtime::UpdateDeadline::Continue(1))
         }
     });
+}
+
+/// How much of a worker a tenant's long calls get while others have work: each long call runs
+/// one epoch tick, then gives way for `GIVE_WAY_TICKS` × (the tenant's long calls on this
+/// worker) ticks, so however many calls of one tenant loop, together they take about a
+/// quarter of the worker (1 / (1 + GIVE_WAY_TICKS)) while its other connections and tenants
+/// are served. A worker with nothing else to do resumes the call at once (see [`give_way`]).
+const GIVE_WAY_TICKS: u32 = 3;
+
+/// One tenant's long-running calls on one worker.
+#[derive(Debug, Default)]
+pub struct CpuShare {
+    long_calls: std::sync::atomic::AtomicU32,
+}
+
+/// Marks a call as long-running (it has run for a whole epoch tick) for as long as it lives.
+pub(crate) struct LongCall(Arc<CpuShare>);
+
+impl LongCall {
+    fn begin(share: Arc<CpuShare>) -> Self {
+        share
+            .long_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LongCall(share)
+    }
+
+    /// How long this call gives way at its next yield.
+    fn pause(&self) -> std::time::Duration {
+        let calls = self.0.long_calls.load(std::sync::atomic::Ordering::Relaxed);
+        super::EPOCH_TICK * GIVE_WAY_TICKS * calls.max(1)
+    }
+}
+
+impl Drop for LongCall {
+    fn drop(&mut self) {
+        self.0
+            .long_calls
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Lets the worker's other tasks run for up to `pause`: yields repeatedly while they have work,
+/// and stops as soon as a yield comes straight back (nobody else was ready), so a long call on
+/// an otherwise idle worker is barely slowed.
+async fn give_way(pause: std::time::Duration) {
+    /// A yield that returns faster than this found no other task ready.
+    const NOBODY_ELSE: std::time::Duration = std::time::Duration::from_micros(20);
+    let until = std::time::Instant::now() + pause;
+    loop {
+        let before = std::time::Instant::now();
+        tokio::task::yield_now().await;
+        let now = std::time::Instant::now();
+        if now >= until || now.saturating_duration_since(before) < NOBODY_ELSE {
+            return;
+        }
+    }
+}
+
+/// A call that spent its deadline suspended in a host function (a WASI sleep or poll): the
+/// epoch only counts time spent running guest code, so without this a guest could hold its
+/// instance, its connection and the shutdown forever by sleeping.
+#[derive(Debug, thiserror::Error)]
+#[error("the call waited in a host function past its deadline")]
+pub struct WaitedPastDeadline;
+
+/// Runs a guest call, dropping it — which unwinds the guest, like an interrupt — once the wall
+/// time it has used, minus the waits it is excused for (yielding to other connections, an
+/// upstream request), reaches `deadline`. Running guest code is also bounded by epoch ticks
+/// (`time_slice`); this bound is for the time the call spends suspended. Calls that finish
+/// without suspending, nearly all of them, never create the timer. `None` if it was dropped.
+async fn within_deadline<F: std::future::Future>(
+    call: F,
+    started: std::time::Instant,
+    deadline: std::time::Duration,
+    excused: &ExcusedTime,
+) -> Option<F::Output> {
+    use std::task::Poll;
+    let mut call = std::pin::pin!(call);
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        let timer = timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until((started + deadline).into())));
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = std::time::Instant::now();
+            let charged = now
+                .saturating_duration_since(started)
+                .saturating_sub(excused.so_far(now));
+            if charged >= deadline {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset((now + (deadline - charged)).into());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// What kind of fault a failed call was.
+fn classify(err: &wasmtime::Error, state: &HostState) -> FaultKind {
+    if state.limiter.hit {
+        FaultKind::Memory
+    } else if matches!(
+        err.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    ) || err.is::<WaitedPastDeadline>()
+    {
+        if state.refused_sends > 0 {
+            FaultKind::SendFlood
+        } else {
+            FaultKind::Deadline
+        }
+    } else {
+        FaultKind::Trap
+    }
 }
 
 /// Creates an instance of `plugin` in `store`, with its optional exports resolved.
@@ -529,24 +693,28 @@ fn label(plugin: &LoadedPlugin) -> Arc<str> {
     Arc::from(format!("{}@{}", plugin.name, plugin.version))
 }
 
-/// Asks the outgoing version for its state; `None` if it keeps none or the call fails (logged).
-async fn take_snapshot(live: &mut Live, label: &str) -> Option<Vec<u8>> {
-    let (snapshot, _) = live.extras.state.as_ref()?;
+/// Asks the outgoing version for its state; `None` if it keeps none, the fault's kind if the
+/// call fails (logged).
+async fn take_snapshot(live: &mut Live, label: &str) -> Result<Option<Vec<u8>>, FaultKind> {
+    let Some((snapshot, _)) = live.extras.state.as_ref() else {
+        return Ok(None);
+    };
     live.store.data_mut().begin_call(0);
     live.store.set_epoch_deadline(1);
     match snapshot.call_async(&mut live.store, ()).await {
-        Ok((state,)) => Some(state),
+        Ok((state,)) => Ok(Some(state)),
         Err(err) => {
-            tracing::error!(plugin = %label, "state-handler.snapshot failed; the new version starts empty: {}", one_line(&err));
-            None
+            let kind = classify(&err, live.store.data());
+            tracing::error!(plugin = %label, fault = kind.name(), "state-handler.snapshot failed; the new version starts empty: {}", one_line(&err));
+            Err(kind)
         }
     }
 }
 
 /// Hands the previous version's state to a fresh instance of the new one.
-async fn restore_snapshot(live: &mut Live, label: &str, state: &[u8]) -> bool {
+async fn restore_snapshot(live: &mut Live, label: &str, state: &[u8]) -> Result<(), FaultKind> {
     let Some((_, restore)) = live.extras.state.as_ref() else {
-        return true;
+        return Ok(());
     };
     // SAFETY: the signature was checked with `get_typed_func` when the plugin was loaded
     // (`Runtime::trial_instantiate`), and this function comes from an instance of it.
@@ -554,10 +722,11 @@ async fn restore_snapshot(live: &mut Live, label: &str, state: &[u8]) -> bool {
     live.store.data_mut().begin_call(0);
     live.store.set_epoch_deadline(1);
     match typed.call_async(&mut live.store, (state,)).await {
-        Ok(()) => true,
+        Ok(()) => Ok(()),
         Err(err) => {
-            tracing::error!(plugin = %label, "state-handler.restore failed; the new version starts empty: {}", one_line(&err));
-            false
+            let kind = classify(&err, live.store.data());
+            tracing::error!(plugin = %label, fault = kind.name(), "state-handler.restore failed; the new version starts empty: {}", one_line(&err));
+            Err(kind)
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod bindings;
 pub mod cache;
 pub mod host;
 pub mod instance;
+pub mod output;
 pub mod plugin;
 pub mod slot;
 pub mod wasi;

@@ -216,6 +216,7 @@ impl Runtime {
             faults: Default::default(),
             metrics: crate::metrics::ListenerMetrics::detached(),
             upstreams: Default::default(),
+            output: Arc::new(super::output::OutputRate::detached()),
         });
         let mut state = HostState::new(
             ctx,
@@ -246,7 +247,7 @@ impl Runtime {
         };
         // Languages run constructors (Rust statics, a Python interpreter's start-up) on the
         // first call into a component rather than at instantiation. One `on-close` for
-        // connection 0 (ids start at 1) in this isolated store runs them, so a plugin that
+        // connection 0 (never a real id) in this isolated store runs them, so a plugin that
         // cannot start is refused now instead of faulting every connection.
         store.data_mut().begin_call(0);
         let first = bindings.pier_plugin_handler().call_on_close(

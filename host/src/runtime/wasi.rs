@@ -26,6 +26,9 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
+use super::host::ListenerContext;
+use super::output::{OutputRate, note_drops};
+
 /// Longest guest output line logged; the rest of the line is dropped.
 const MAX_LINE: usize = 4096;
 
@@ -47,18 +50,18 @@ pub fn provides(import: &str) -> bool {
 
 /// A deny-by-default WASI context for one instance of `plugin`; `quiet` drops its output
 /// instead of logging it (the scratch instance that checks a plugin at load).
-pub fn context(plugin: Arc<str>, quiet: bool) -> WasiCtx {
+pub fn context(plugin: Arc<str>, tenant: &ListenerContext, quiet: bool) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     if !quiet {
+        let output = |kind| GuestOutput {
+            plugin: plugin.clone(),
+            listener: tenant.name.clone(),
+            rate: tenant.output.clone(),
+            kind,
+        };
         builder
-            .stdout(GuestOutput {
-                plugin: plugin.clone(),
-                kind: Kind::Stdout,
-            })
-            .stderr(GuestOutput {
-                plugin,
-                kind: Kind::Stderr,
-            });
+            .stdout(output(Kind::Stdout))
+            .stderr(output(Kind::Stderr));
     }
     builder
         .allow_tcp(false)
@@ -73,10 +76,12 @@ enum Kind {
     Stderr,
 }
 
-/// Where a guest's stdout or stderr goes: the host log.
+/// Where a guest's stdout or stderr goes: the host log, within the tenant's output rate.
 #[derive(Clone)]
 struct GuestOutput {
     plugin: Arc<str>,
+    listener: Arc<str>,
+    rate: Arc<OutputRate>,
     kind: Kind,
 }
 
@@ -131,6 +136,12 @@ impl LineLogger {
     }
 
     fn emit(&mut self) {
+        let verdict = self.to.rate.admit(self.line.len() + self.cut);
+        if !note_drops(&verdict, &self.to.listener, &self.to.plugin) {
+            self.line.clear();
+            self.cut = 0;
+            return;
+        }
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
         let plugin = &self.to.plugin;
@@ -204,6 +215,8 @@ mod tests {
     fn logger() -> LineLogger {
         LineLogger::new(GuestOutput {
             plugin: Arc::from("t@1"),
+            listener: Arc::from("t"),
+            rate: Arc::new(OutputRate::detached()),
             kind: Kind::Stdout,
         })
     }
