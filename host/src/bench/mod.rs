@@ -661,6 +661,12 @@ async fn idle(args: &BenchArgs, count: usize) -> Result<Value> {
         // The default limit (10,000) would refuse the rest of a larger count.
         "--max-connections".into(),
         count.max(1).to_string(),
+        // Every idle client comes from 127.0.0.1 and stays silent: lift the per-address limit
+        // and the idle timeout that protect an Internet-facing port.
+        "--max-connections-per-address".into(),
+        "0".into(),
+        "--idle-timeout".into(),
+        "off".into(),
     ]
     .into_iter()
     .chain(listen)
