@@ -142,7 +142,10 @@ slow_consumer = "close""#,
     );
     assert!(budget.used() <= budget.limit());
     // Under `close`, the byte bound evicts the reader as a slow consumer.
-    assert!(victim.closed_by_server().await, "the slow consumer is closed");
+    assert!(
+        victim.closed_by_server().await,
+        "the slow consumer is closed"
+    );
     assert!(shared.metrics.queue_closed.get() >= 1);
     eventually("everything queued for the victim is returned", async || {
         budget.used() == 0
