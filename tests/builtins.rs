@@ -265,6 +265,7 @@ async fn lpjson_answers_200_pipelined_frames_in_order_and_byte_at_a_time_frames(
     );
     for byte in one {
         client.write_raw(&[byte]).await;
+        // Pacing, not a wait: trickles the frame so it arrives in many reads.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(json_frame(&mut client).await["content"], "slow");

@@ -21,6 +21,40 @@ use tokio::task::JoinHandle;
 /// Upper bound on any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long [`eventually`] sleeps between two looks.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Looks at `check` until it holds, failing the test after [`WAIT`]. For states that become
+/// true at some point after an event the test can see (a connection leaving the registry, a
+/// counter catching up), never a fixed sleep: a busy machine only makes it take longer.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    eventually_within(what, WAIT, async || check().await.then_some(())).await
+}
+
+/// Like [`eventually`], returning what `check` found once it found something.
+pub async fn eventually_some<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_within(what, WAIT, check).await
+}
+
+/// Looks at `check` until it returns something, failing the test after `bound`.
+pub async fn eventually_within<T>(
+    what: &str,
+    bound: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// The built-in echo plugin.
 pub fn echo_wasm() -> Vec<u8> {
     builtin_wasm("echo")
@@ -207,11 +241,17 @@ impl Client {
         self.recv().await.expect("a reply")
     }
 
-    /// Waits until the server closes this connection; true if it did.
+    /// Waits until the server closes this connection; true if it did within [`WAIT`].
     pub async fn closed_by_server(&mut self) -> bool {
+        self.closed_by_server_within(WAIT).await
+    }
+
+    /// Waits until the server closes this connection; true if it did within `bound`.
+    pub async fn closed_by_server_within(&mut self, bound: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
         let mut scratch = [0u8; 1024];
         loop {
-            match tokio::time::timeout(WAIT, self.stream.read(&mut scratch)).await {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return true,
                 Ok(Ok(_)) => continue,
                 Err(_) => return false,

@@ -141,9 +141,22 @@ impl Served {
 
     /// Waits until a log line contains `text`; false if none did within `WAIT`.
     pub fn wait_for_log(&self, text: &str) -> bool {
+        self.wait_for_log_count(text, 1)
+    }
+
+    /// Waits until at least `count` log lines contain `text` (e.g. the second `reload done`);
+    /// false if fewer did within `WAIT`.
+    pub fn wait_for_log_count(&self, text: &str, count: usize) -> bool {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
-            if self.stderr.lock().unwrap().iter().any(|l| l.contains(text)) {
+            let seen = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(text))
+                .count();
+            if seen >= count {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
