@@ -12,7 +12,7 @@ pub mod http;
 use std::fmt;
 use std::str::FromStr;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{AnyDelimiterCodec, Decoder, LengthDelimitedCodec};
 
 /// The default maximum frame size: 1 MiB.
@@ -52,16 +52,23 @@ impl Framing {
     pub fn decoder(self, max_frame: usize) -> FrameDecoder {
         let inner = match self {
             Framing::Raw => Inner::Raw,
+            // One byte over the limit: a `\r\n` line of exactly `max_frame` bytes is within
+            // it once its `\r` is stripped; `line` checks the stripped length.
             Framing::Lines => Inner::Lines(AnyDelimiterCodec::new_with_max_length(
                 b"\n".to_vec(),
                 b"\n".to_vec(),
-                max_frame,
+                max_frame.saturating_add(1),
             )),
+            // The header stays in the buffer until its frame is complete (no skip, the length
+            // adjusted to cover it), so a stream that ends right after a header still holds
+            // bytes and `decode_eof` reports it truncated instead of a clean end.
             Framing::LengthPrefixed => Inner::Length(
                 LengthDelimitedCodec::builder()
                     .length_field_type::<u32>()
                     .big_endian()
                     .max_frame_length(max_frame)
+                    .num_skip(0)
+                    .length_adjustment(4)
                     .new_codec(),
             ),
             Framing::Http => Inner::Http(http::HttpDecoder::new(max_frame)),
@@ -199,12 +206,15 @@ impl FrameDecoder {
                 }
             }
             Inner::Lines(codec) => match codec.decode(buf) {
-                Ok(Some(line)) => Ok(Some(strip_cr(line))),
+                Ok(Some(found)) => line(found, limit).map(Some),
                 Ok(None) => Ok(None),
                 Err(_) => Err(FrameError::TooLarge { limit }),
             },
             Inner::Length(codec) => match codec.decode(buf) {
-                Ok(frame) => Ok(frame.map(BytesMut::freeze)),
+                Ok(frame) => Ok(frame.map(|mut frame| {
+                    frame.advance(4);
+                    frame.freeze()
+                })),
                 Err(_) => Err(FrameError::TooLarge { limit }),
             },
             Inner::Http(decoder) => decoder.decode(buf),
@@ -217,10 +227,11 @@ impl FrameDecoder {
         if let Inner::Lines(codec) = &mut self.inner {
             // The codec's own `decode_eof` keeps its scan position consistent with `buf`.
             let limit = self.max_frame;
-            return codec
-                .decode_eof(buf)
-                .map(|line| line.map(strip_cr))
-                .map_err(|_| FrameError::TooLarge { limit });
+            return match codec.decode_eof(buf) {
+                Ok(Some(found)) => line(found, limit).map(Some),
+                Ok(None) => Ok(None),
+                Err(_) => Err(FrameError::TooLarge { limit }),
+            };
         }
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
@@ -232,12 +243,19 @@ impl FrameDecoder {
     }
 }
 
-fn strip_cr(mut line: Bytes) -> Bytes {
+/// A line as the plugin gets it: without a final `\r`, and within the limit.
+fn line(mut line: Bytes, limit: usize) -> Result<Bytes, FrameError> {
     if line.last() == Some(&b'\r') {
         line.truncate(line.len() - 1);
     }
-    line
+    if line.len() > limit {
+        return Err(FrameError::TooLarge { limit });
+    }
+    Ok(line)
 }
+
+#[cfg(test)]
+pub(crate) mod props;
 
 #[cfg(test)]
 mod tests {
@@ -261,7 +279,8 @@ mod tests {
 
     #[test]
     fn lines_over_the_limit_fail_without_a_newline() {
-        let err = decode_all(Framing::Lines, 8, &[b'x'; 9]).unwrap_err();
+        // Ten bytes: nine might still be an eight-byte line and the `\r` of its `\r\n`.
+        let err = decode_all(Framing::Lines, 8, &[b'x'; 10]).unwrap_err();
         assert_eq!(err, FrameError::TooLarge { limit: 8 });
     }
 
@@ -318,6 +337,35 @@ mod tests {
         );
         assert_eq!(dec.decode_eof(&mut buf).unwrap(), None);
         assert_eq!(dec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn a_crlf_line_of_exactly_the_limit_is_a_frame() {
+        let frames = decode_all(Framing::Lines, 1, b"x\r\ny\n").unwrap();
+        assert_eq!(frames, vec![&b"x"[..], b"y"]);
+        for over in [&b"xy\n"[..], b"xy\r\n", b"xy\r\r\n"] {
+            let err = decode_all(Framing::Lines, 1, over).unwrap_err();
+            assert_eq!(err, FrameError::TooLarge { limit: 1 });
+        }
+        let mut dec = Framing::Lines.decoder(1);
+        let mut buf = BytesMut::from(&b"x\r"[..]);
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert_eq!(
+            dec.decode_eof(&mut buf).unwrap().as_deref(),
+            Some(&b"x"[..])
+        );
+    }
+
+    #[test]
+    fn a_stream_ending_right_after_a_length_header_is_truncated() {
+        let mut dec = Framing::LengthPrefixed.decoder(16);
+        let mut buf = BytesMut::from(&[0, 0, 0, 0, 0, 0, 0, 1][..]);
+        assert_eq!(dec.decode(&mut buf).unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert_eq!(
+            dec.decode_eof(&mut buf),
+            Err(FrameError::Truncated { buffered: 4 })
+        );
     }
 
     #[test]
