@@ -83,6 +83,12 @@ impl HttpDecoder {
         self.close_after
     }
 
+    /// Makes the next `decode` parse an unfinished head at once instead of waiting for the
+    /// buffer to double (the stream has ended).
+    pub fn parse_now(&mut self) {
+        self.next_parse = 0;
+    }
+
     /// Takes the next complete request out of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         let pending = match self.pending {
@@ -285,18 +291,30 @@ impl HttpDecoder {
                 Body::Trailers { start, searched } => {
                     // The trailer section is header lines ending with an empty line; with no
                     // trailers it is just that CRLF.
+                    // The body limit is checked the same way whether the end is already in
+                    // the buffer or still arriving, so the outcome never depends on how the
+                    // reads were cut.
                     if buf.len() >= start + 2 && &buf[start..start + 2] == b"\r\n" {
+                        if start + 2 > limit {
+                            return Err(too_large());
+                        }
                         return Ok(Some(start + 2));
                     }
                     let from = searched.max(start);
                     if let Some(at) = find(&buf[from..], b"\r\n\r\n") {
                         let end = from + at + 4;
-                        if end - start > MAX_HEAD || end > limit {
+                        if end > limit {
+                            return Err(too_large());
+                        }
+                        if end - start > MAX_HEAD {
                             return Err(too_large_trailers());
                         }
                         return Ok(Some(end));
                     }
-                    if buf.len() - start > MAX_HEAD || buf.len() > limit {
+                    if buf.len() > limit {
+                        return Err(too_large());
+                    }
+                    if buf.len() - start > MAX_HEAD {
                         return Err(too_large_trailers());
                     }
                     // A terminator may straddle this read and the next.
@@ -497,6 +515,24 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
         );
         assert_eq!(status(err), 400);
+    }
+
+    #[test]
+    fn the_end_of_a_chunked_body_counts_against_the_limit_however_it_arrives() {
+        let request = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for split in 1..=request.len() {
+            let mut dec = HttpDecoder::new(1);
+            let mut buf = BytesMut::from(&request[..split]);
+            let mut outcome = dec.decode(&mut buf);
+            if let Ok(None) = outcome {
+                buf.extend_from_slice(&request[split..]);
+                outcome = dec.decode(&mut buf);
+            }
+            match outcome {
+                Err(FrameError::Http { status, .. }) => assert_eq!(status, 413, "split {split}"),
+                other => panic!("split {split}: {other:?}"),
+            }
+        }
     }
 
     #[test]

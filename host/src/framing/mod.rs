@@ -233,6 +233,11 @@ impl FrameDecoder {
                 Err(_) => Err(FrameError::TooLarge { limit }),
             };
         }
+        if let Inner::Http(decoder) = &mut self.inner {
+            // Nothing more will arrive: parse what there is now, so a malformed head gets its
+            // 400 however the bytes were cut, not a bare truncation.
+            decoder.parse_now();
+        }
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
             None if buf.is_empty() => Ok(None),
