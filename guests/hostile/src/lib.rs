@@ -27,7 +27,9 @@ use pier::plugin::{attributes, connections, groups, log, stats, timers};
 struct Hostile;
 
 fn numbers(args: &str) -> (u64, u64) {
-    let mut it = args.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+    let mut it = args
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
@@ -75,7 +77,10 @@ fn attack(id: ConnectionId, line: &str) -> Option<String> {
             let mut joined = 0;
             for i in 0..a {
                 let mut name = format!("g{i}-");
-                name.extend(std::iter::repeat_n('n', (b as usize).saturating_sub(name.len())));
+                name.extend(std::iter::repeat_n(
+                    'n',
+                    (b as usize).saturating_sub(name.len()),
+                ));
                 if let Err(e) = groups::join(id, &name) {
                     return Some(format!("joined {joined} error {e:?}"));
                 }
