@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/ports.rs"]
+mod ports;
 #[path = "common/served.rs"]
 mod served;
 
@@ -816,15 +818,6 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// A port nothing listens on now, for an address two places of a config must agree on.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Sends an HTTP/1.1 GET and returns the whole response (the server closes after it).
 fn http_get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -863,7 +856,7 @@ fn the_example_pier_toml_serves_every_listener_it_names_tls_included() {
     assert!(out.status.success(), "{}", stderr_of(&out));
 
     // Every address comes from the environment: free ports, never the defaults.
-    let echo = format!("127.0.0.1:{}", free_port());
+    let echo = format!("127.0.0.1:{}", ports::reserved_port());
     let any = "127.0.0.1:0";
     let env = [
         ("PIER_ADMIN_ADDR", any),

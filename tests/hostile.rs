@@ -259,12 +259,7 @@ async fn guest_output_beyond_the_rate_is_dropped_and_counted() {
 async fn a_timer_storm_does_not_hide_a_closed_client() {
     let pier = tenants("hostile-timers", "").await;
     let shared = hostile(&pier);
-    let mut stormers = Vec::new();
-    for _ in 0..20 {
-        let mut c = pier.client("hostile").await;
-        assert_eq!(ask_text(&mut c, "timers 64 1").await, "started 64");
-        stormers.push(c);
-    }
+    let stormers = timer_storm(&pier).await;
     neighbour_is_served(&pier, "a timer storm").await;
     drop(stormers);
     eventually("the storming connections are seen closed", async || {
@@ -275,6 +270,58 @@ async fn a_timer_storm_does_not_hide_a_closed_client() {
         shared.budgets.of(BudgetKind::Timers).used() == 0
     })
     .await;
+    pier.stop().await;
+}
+
+/// Twenty connections of `hostile` asking 64 timers of 1 ms each: far more calls than a worker
+/// can make, each of them short, so no call is ever "long".
+async fn timer_storm(pier: &Deployed) -> Vec<Client> {
+    let mut stormers = Vec::new();
+    for _ in 0..20 {
+        let mut c = pier.client("hostile").await;
+        assert_eq!(ask_text(&mut c, "timers 64 1").await, "started 64");
+        stormers.push(c);
+    }
+    stormers
+}
+
+#[tokio::test]
+async fn a_timer_storm_is_held_to_its_cpu_share_while_the_neighbour_has_work() {
+    let pier = tenants("hostile-cpu-share", "").await;
+    let held_back = hostile(&pier).metrics.cpu_held_back.clone();
+    let _stormers = timer_storm(&pier).await;
+    // The neighbour keeps the worker wanted; the storm's calls are soon over their share.
+    let mut calm = pier.client("calm").await;
+    let mut asked = 0u64;
+    eventually("the storming tenant is held back", async || {
+        for _ in 0..20 {
+            asked += 1;
+            let line = format!("frame {asked}");
+            assert_eq!(
+                calm.ask(line.as_bytes()).await,
+                common::echoed(line.as_bytes())
+            );
+        }
+        held_back.get() > 0
+    })
+    .await;
+    pier.stop().await;
+}
+
+#[tokio::test]
+async fn a_cpu_share_of_100_percent_is_never_held_back() {
+    let pier = tenants("hostile-cpu-share-off", r#"cpu_share = "100%""#).await;
+    let held_back = hostile(&pier).metrics.cpu_held_back.clone();
+    let _stormers = timer_storm(&pier).await;
+    let mut calm = pier.client("calm").await;
+    for i in 0..50 {
+        let line = format!("frame {i}");
+        assert_eq!(
+            calm.ask(line.as_bytes()).await,
+            common::echoed(line.as_bytes())
+        );
+    }
+    assert_eq!(held_back.get(), 0);
     pier.stop().await;
 }
 

@@ -380,10 +380,7 @@ async fn a_config_reload_adds_a_listener_and_changes_another_plugin_while_client
 async fn a_changed_limit_restarts_the_listener_and_open_connections_carry_on() {
     let dir = scratch_dir("restart-listener");
     // A fixed port, so the restarted listener must rebind the address the old one held.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = common::ports::reserved_port();
     let toml = |write_queue: usize| {
         format!(
             r#"
@@ -456,8 +453,8 @@ async fn a_listener_that_could_not_start_is_started_by_the_next_reload() {
     install(&dir, V1);
     let pier = Deployed::start(&dir, &one_listener(1)).await;
     // Another process holds the port the new listener wants.
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = squatter.local_addr().unwrap().port();
+    let port = common::ports::reserved_port();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let with_late = format!(
         "{}\n[[listener]]\nname = \"late\"\naddress = \"127.0.0.1:{port}\"\nplugin = \"echo\"\n\
          framing = \"lines\"\n[listener.limits]\nmemory = \"16MiB\"\n",

@@ -5,6 +5,8 @@
 //! requiring a client certificate, `not-granted`, the config check, `pier send --repeat` and
 //! the upstream metrics.
 
+#[path = "common/ports.rs"]
+mod ports;
 #[path = "common/served.rs"]
 mod served;
 
@@ -40,11 +42,16 @@ struct Counts {
 impl LineServer {
     /// Listens on `port` (0: any free port).
     fn start(port: u16) -> LineServer {
-        Self::start_with(port, Arc::default())
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the line server");
+        Self::serve(listener, Arc::default())
     }
 
-    fn start_with(port: u16, counts: Arc<Counts>) -> LineServer {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the line server");
+    /// Listens on `port` again after a [`LineServer::stop`], keeping the counts.
+    fn restart(port: u16, counts: Arc<Counts>) -> LineServer {
+        Self::serve(ports::bind_again(port), counts)
+    }
+
+    fn serve(listener: TcpListener, counts: Arc<Counts>) -> LineServer {
         let port = listener.local_addr().expect("address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let accept = {
@@ -230,7 +237,8 @@ fn idle_connections_are_closed_after_idle_timeout() {
 
 #[test]
 fn a_restarted_upstream_is_survived_without_failed_requests() {
-    let mut backend = LineServer::start(0);
+    // Restarted on the same port, so not one from the ephemeral range (see `ports`).
+    let mut backend = LineServer::start(ports::reserved_port());
     let port = backend.port;
     let toml = proxy_config(
         &format!("addresses = [\"{}\"]\nmax_size = 2", backend.addr()),
@@ -247,7 +255,7 @@ fn a_restarted_upstream_is_survived_without_failed_requests() {
     backend.stop();
     let counts = backend.counts.clone();
     drop(backend);
-    let restarted = LineServer::start_with(port, counts);
+    let restarted = LineServer::restart(port, counts);
     eventually("the old connections closed", || restarted.open() == 0);
     for round in 0..10 {
         for (i, client) in clients.iter_mut().enumerate() {

@@ -311,6 +311,7 @@ struct RawLimits {
     attribute_bytes: Option<RawSize>,
     group_bytes: Option<RawSize>,
     timers: Option<usize>,
+    cpu_share: Option<toml::Value>,
 }
 
 /// A duration, written as text with a unit (`"500ms"`, `"10s"`). A bare number is refused
@@ -687,6 +688,10 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
     if raw.new_connections_per_second == Some(0) {
         bail!("limits.new_connections_per_second: must be at least 1");
     }
+    let cpu_share = match &raw.cpu_share {
+        None => crate::runtime::fair::DEFAULT_CPU_SHARE,
+        Some(value) => percent(value).map_err(|e| anyhow!("limits.cpu_share: {e}"))?,
+    };
     Ok(Limits {
         max_connections: positive(raw.max_connections, "max_connections")?.unwrap_or(10_000),
         // 0 lifts the limit; left out, the default applies.
@@ -705,6 +710,7 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
             crate::listener::DEFAULT_WRITE_QUEUE_BYTES,
         )?,
         budgets,
+        cpu_share,
         slow_consumer: match raw.slow_consumer.as_deref() {
             Some(s) => s
                 .parse()
@@ -716,6 +722,23 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
             call_deadline,
         }),
     })
+}
+
+/// A share written as a percentage (`"25%"`), 1 to 100; a bare number is refused with an
+/// example, since `0.25` and `25` would both be plausible.
+fn percent(value: &toml::Value) -> Result<f64> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| anyhow!("expected a percentage such as \"25%\""))?;
+    let number = text
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("expected a percentage such as \"25%\", not {text:?}"))?;
+    if !(1.0..=100.0).contains(&number) {
+        bail!("must be between 1% and 100%, not {text:?}");
+    }
+    Ok(number / 100.0)
 }
 
 fn tls_options(raw: RawTls, base: &Path) -> Result<(TlsOptions, Vec<(String, PluginRef)>)> {

@@ -14,6 +14,7 @@
 //!
 //! [`PluginSlot`]: crate::runtime::PluginSlot
 
+use crate::sys::lock;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -521,10 +522,6 @@ fn grants(spec: &ListenerSpec, pools: &HashMap<String, Arc<Pool>>) -> Grants {
         .iter()
         .filter_map(|name| Some((name.clone(), pools.get(name)?.clone())))
         .collect()
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn plugin_files(spec: &ListenerSpec) -> impl Iterator<Item = &PathBuf> {

@@ -8,9 +8,10 @@
 //! later span machines; [`LocalHub`] is the in-process implementation. Every operation is
 //! non-blocking and bounded: queues are bounded, attribute/group/timer counts are capped.
 
+use crate::sys::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -535,12 +536,6 @@ impl Entry {
             bytes_out,
         }
     }
-}
-
-/// Locks a mutex, carrying on if a panic elsewhere poisoned it: every critical section here is
-/// a single insert/remove, so the data is consistent either way.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A listener's write-queue limit and slow-consumer policy.

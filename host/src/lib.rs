@@ -33,6 +33,7 @@
 //! - [`upstream`]: outbound connection pools per named upstream, used by plugins (WIT
 //!   `upstream`) and `pier send --repeat`.
 //! - [`client`]: the client side used by `pier send`.
+//! - [`sys`]: process-level helpers (a poison-tolerant lock).
 //! - [`bench`]: `pier bench` (load generator) and `pier baseline` (the native server it compares
 //!   pier with).
 
@@ -54,6 +55,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
+pub mod sys;
 pub mod tls;
 pub mod transport;
 pub mod upstream;

@@ -47,6 +47,9 @@ pub struct Limits {
     pub write_queue_bytes: usize,
     /// What the tenant may make the host hold over all its connections.
     pub budgets: crate::budget::BudgetLimits,
+    /// The part of a worker's call time the tenant may use per window while another tenant on
+    /// the worker wants it (0 < share ≤ 1; see `runtime::fair`).
+    pub cpu_share: f64,
     /// What happens when a connection's write queue is full.
     pub slow_consumer: SlowConsumer,
     /// Memory and call deadline of each plugin instance; `None`: the runtime's defaults.
@@ -64,6 +67,7 @@ impl Default for Limits {
             write_queue: DEFAULT_WRITE_QUEUE,
             write_queue_bytes: DEFAULT_WRITE_QUEUE_BYTES,
             budgets: crate::budget::BudgetLimits::default(),
+            cpu_share: crate::runtime::fair::DEFAULT_CPU_SHARE,
             slow_consumer: SlowConsumer::Drop,
             instance: None,
         }

@@ -59,6 +59,7 @@ struct Families {
     write_queue_full: IntCounterVec,
     budget_refusals: IntCounterVec,
     output_dropped: IntCounterVec,
+    cpu_held_back: IntCounterVec,
     upstream_connections: IntGaugeVec,
     upstream_opened: IntCounterVec,
     upstream_closed: IntCounterVec,
@@ -141,6 +142,11 @@ impl Families {
             output_dropped: counter(
                 "pier_guest_output_dropped_total",
                 "Guest log, stdout and stderr lines dropped because the plugin wrote faster than its tenant's output rate.",
+                LISTENER,
+            ),
+            cpu_held_back: counter(
+                "pier_cpu_held_back_total",
+                "Guest calls that waited for the next CPU window because the tenant had used its cpu_share of a worker while another tenant wanted it.",
                 LISTENER,
             ),
             budget_refusals: counter(
@@ -276,6 +282,8 @@ pub struct ListenerMetrics {
     pub budget_refused: [IntCounter; 5],
     /// Guest output lines dropped by the tenant's output rate.
     pub output_dropped: IntCounter,
+    /// Guest calls held back for the tenant's CPU share (see `runtime::fair`).
+    pub cpu_held_back: IntCounter,
 }
 
 impl ListenerMetrics {
@@ -295,6 +303,7 @@ impl ListenerMetrics {
             budget_refused: BudgetKind::ALL
                 .map(|kind| f.budget_refusals.with_label_values(&[name, kind.name()])),
             output_dropped: f.output_dropped.with_label_values(&[name]),
+            cpu_held_back: f.cpu_held_back.with_label_values(&[name]),
         })
     }
 
@@ -310,6 +319,7 @@ impl ListenerMetrics {
             refused: [detached_counter(), detached_counter(), detached_counter()],
             budget_refused: std::array::from_fn(|_| detached_counter()),
             output_dropped: detached_counter(),
+            cpu_held_back: detached_counter(),
         })
     }
 

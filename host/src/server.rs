@@ -12,6 +12,7 @@
 //! Shutdown: stop accepting, tell every connection to drain (answer what its client already
 //! sent, flush, close), wait for them up to the drain deadline, then drop whatever is left.
 
+use crate::sys::lock;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -286,10 +287,4 @@ async fn accept_loop(
             Err(err) => warn!("cannot hand a connection to a worker: {err}"),
         }
     }
-}
-
-/// Locks a mutex, carrying on if a panic elsewhere poisoned it (every critical section here
-/// leaves the data consistent).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admitted;
 use crate::connection;
 use crate::listener::ListenerShared;
+use crate::runtime::fair::{CpuShare, WorkerCpu};
 use crate::runtime::{PluginInstance, Runtime};
 
 /// An accepted connection on its way to a worker.
@@ -55,6 +56,8 @@ pub const UPSTREAM_IDLE_INSTANCES: usize = 8;
 pub struct Instances {
     runtime: Arc<Runtime>,
     map: RefCell<HashMap<u64, Rc<TenantInstances>>>,
+    /// Which tenants want this worker, for their CPU shares.
+    cpu: Arc<WorkerCpu>,
 }
 
 impl Instances {
@@ -63,6 +66,7 @@ impl Instances {
         Instances {
             runtime,
             map: RefCell::new(HashMap::new()),
+            cpu: WorkerCpu::new(),
         }
     }
 
@@ -70,7 +74,13 @@ impl Instances {
     /// removed or restarted and that no connection on this worker uses any more.
     pub fn get(&self, listener: &ListenerShared) -> Rc<TenantInstances> {
         let mut map = self.map.borrow_mut();
-        map.retain(|_, tenant| !(tenant.retired() && Rc::strong_count(tenant) == 1));
+        map.retain(|&id, tenant| {
+            let unused = tenant.retired() && Rc::strong_count(tenant) == 1;
+            if unused {
+                self.cpu.forget(id);
+            }
+            !unused
+        });
         map.entry(listener.id)
             .or_insert_with(|| {
                 let limits = listener
@@ -89,7 +99,12 @@ impl Instances {
                     ctx: listener.ctx.clone(),
                     limits,
                     idle: RefCell::new(Vec::new()),
-                    share: Arc::default(),
+                    share: Arc::new(CpuShare::new(
+                        listener.id,
+                        self.cpu.clone(),
+                        listener.limits.cpu_share,
+                    )),
+                    held_back: listener.metrics.cpu_held_back.clone(),
                     turns: Semaphore::new(concurrency),
                     keep_idle: if concurrency == MAX_CONCURRENT_CALLS {
                         1
@@ -113,6 +128,7 @@ impl Instances {
             .is_some_and(|i| Rc::strong_count(i) == 1)
         {
             map.remove(&listener.id);
+            self.cpu.forget(listener.id);
         }
     }
 }
@@ -128,8 +144,10 @@ pub struct TenantInstances {
     limits: crate::runtime::InstanceLimits,
     /// The instance ready for the next call (at most one is kept).
     idle: RefCell<Vec<PluginInstance>>,
-    /// The tenant's long-running calls on this worker, which share a bounded part of it.
-    share: Arc<crate::runtime::instance::CpuShare>,
+    /// The tenant's calls on this worker and its share of the worker's time.
+    share: Arc<CpuShare>,
+    /// Counts the calls `share` held back.
+    held_back: prometheus::IntCounter,
     /// Most idle instances kept: one, or [`UPSTREAM_IDLE_INSTANCES`] for listeners whose calls
     /// wait on upstreams (re-creating one per request would cost an instantiation each).
     keep_idle: usize,
@@ -150,6 +168,10 @@ impl TenantInstances {
     /// An instance for one guest call, waiting if `MAX_CONCURRENT_CALLS` of this tenant are
     /// already running on this worker. Returned to the pool when the lease drops.
     pub async fn lease(&self) -> Lease<'_> {
+        // Before the turn, so a tenant held back for its CPU share holds no turn meanwhile.
+        if self.share.turn().await {
+            self.held_back.inc();
+        }
         // The semaphore is never closed, so acquiring cannot fail.
         let turn = self.turns.acquire().await.ok();
         let instance = self.idle.borrow_mut().pop().unwrap_or_else(|| {

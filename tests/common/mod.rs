@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ports;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

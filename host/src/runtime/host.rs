@@ -75,9 +75,9 @@ pub struct HostState {
     /// When the running call started, for the wall-clock part of its deadline.
     pub(crate) call_started: std::time::Instant,
     /// The tenant's long-call count on this worker, for time slicing (`instance::time_slice`).
-    pub(crate) share: Option<Arc<super::instance::CpuShare>>,
+    pub(crate) share: Option<Arc<super::fair::CpuShare>>,
     /// Set while the running call counts as one of its tenant's long calls.
-    pub(crate) long_call: Option<super::instance::LongCall>,
+    pub(crate) long_call: Option<super::fair::LongCall>,
     /// Set for the scratch instance that checks a plugin at load: its guest logs and output
     /// are dropped, so loading a plugin does not look like serving one.
     pub(crate) quiet: bool,

@@ -16,6 +16,7 @@ use wasmtime::Store;
 
 use super::Runtime;
 use super::bindings::{CloseReason, Peer, Plugin, Refusal};
+use super::fair::{CpuShare, LongCall, pause_long_call};
 use super::host::{Excuse, ExcusedTime, HostState, InstanceLimits, ListenerContext};
 use super::plugin::{LoadedPlugin, OnFrames, OnTimer, Restore, Snapshot};
 use super::slot::{Deployment, PluginSlot};
@@ -157,8 +158,8 @@ pub struct PluginInstance {
     faults: u64,
     /// Calls made on the current instance, for `recycle_after`.
     calls: u64,
-    /// How many of this tenant's calls on this worker are long-running now (shared by the
-    /// tenant's instances on the worker; see [`CpuShare`]).
+    /// The tenant's calls on this worker, shared by its instances there: how many are long,
+    /// the time they used, its share of the worker (see [`CpuShare`]).
     share: Arc<CpuShare>,
 }
 
@@ -336,7 +337,7 @@ impl PluginInstance {
         let share = self.share.clone();
         let live = self.live().await?;
         live.store.data_mut().begin_call(id);
-        live.store.data_mut().share = Some(share);
+        live.store.data_mut().share = Some(share.clone());
         live.store.set_epoch_deadline(1);
         let started = std::time::Instant::now();
         let excused = live.store.data().excused.clone();
@@ -346,7 +347,9 @@ impl PluginInstance {
             .unwrap_or_else(|| Err(wasmtime::Error::new(WaitedPastDeadline)));
         // No longer a long call of its tenant, whatever happens next.
         live.store.data_mut().long_call = None;
-        let elapsed = started.elapsed().as_secs_f64();
+        let took = started.elapsed();
+        share.charge(took.saturating_sub(excused.so_far(started + took)));
+        let elapsed = took.as_secs_f64();
         match result {
             Ok(value) => {
                 live.store.data_mut().current = None;
@@ -521,7 +524,8 @@ pub(crate) fn time_slice(store: &mut Store<HostState>, deadline: std::time::Dura
             // Yielding through tokio lets the worker poll its sockets before resuming this
             // task; a plain yield would be re-polled at once, dozens of times before any I/O.
             let excuse = Excuse::begin(&state.excused);
-            let pause = match state.share.clone() {
+            let share = state.share.clone();
+            let pause = match share.clone() {
                 Some(share) => state
                     .long_call
                     .get_or_insert_with(|| LongCall::begin(share))
@@ -531,7 +535,7 @@ pub(crate) fn time_slice(store: &mut Store<HostState>, deadline: std::time::Dura
             Ok(wasmtime::UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(async move {
-                    give_way(pause).await;
+                    pause_long_call(share, pause).await;
                     // Time spent waiting for the worker's other connections is not this call's.
                     drop(excuse);
                 }),
@@ -540,62 +544,6 @@ pub(crate) fn time_slice(store: &mut Store<HostState>, deadline: std::time::Dura
             Ok(wasmtime::UpdateDeadline::Continue(1))
         }
     });
-}
-
-/// How much of a worker a tenant's long calls get while others have work: each long call runs
-/// one epoch tick, then gives way for `GIVE_WAY_TICKS` × (the tenant's long calls on this
-/// worker) ticks, so however many calls of one tenant loop, together they take about a
-/// quarter of the worker (1 / (1 + GIVE_WAY_TICKS)) while its other connections and tenants
-/// are served. A worker with nothing else to do resumes the call at once (see [`give_way`]).
-const GIVE_WAY_TICKS: u32 = 3;
-
-/// One tenant's long-running calls on one worker.
-#[derive(Debug, Default)]
-pub struct CpuShare {
-    long_calls: std::sync::atomic::AtomicU32,
-}
-
-/// Marks a call as long-running (it has run for a whole epoch tick) for as long as it lives.
-pub(crate) struct LongCall(Arc<CpuShare>);
-
-impl LongCall {
-    fn begin(share: Arc<CpuShare>) -> Self {
-        share
-            .long_calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        LongCall(share)
-    }
-
-    /// How long this call gives way at its next yield.
-    fn pause(&self) -> std::time::Duration {
-        let calls = self.0.long_calls.load(std::sync::atomic::Ordering::Relaxed);
-        super::EPOCH_TICK * GIVE_WAY_TICKS * calls.max(1)
-    }
-}
-
-impl Drop for LongCall {
-    fn drop(&mut self) {
-        self.0
-            .long_calls
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Lets the worker's other tasks run for up to `pause`: yields repeatedly while they have work,
-/// and stops as soon as a yield comes straight back (nobody else was ready), so a long call on
-/// an otherwise idle worker is barely slowed.
-async fn give_way(pause: std::time::Duration) {
-    /// A yield that returns faster than this found no other task ready.
-    const NOBODY_ELSE: std::time::Duration = std::time::Duration::from_micros(20);
-    let until = std::time::Instant::now() + pause;
-    loop {
-        let before = std::time::Instant::now();
-        tokio::task::yield_now().await;
-        let now = std::time::Instant::now();
-        if now >= until || now.saturating_duration_since(before) < NOBODY_ELSE {
-            return;
-        }
-    }
 }
 
 /// A call that spent its deadline suspended in a host function (a WASI sleep or poll): the

@@ -10,9 +10,11 @@
 //! - [`plugin`]: loading and checking a component against the world.
 //! - [`host`]: the store data and the host side of the imported interfaces.
 //! - [`instance`]: one worker's instance, calls with deadlines, fault recovery.
+//! - [`fair`]: how a worker's CPU is shared between tenants.
 
 pub mod bindings;
 pub mod cache;
+pub mod fair;
 pub mod host;
 pub mod instance;
 pub mod output;

@@ -16,6 +16,7 @@
 //! that restarted. A fresh connection failing the same way is an error, never retried: the
 //! upstream may have acted on the request.
 
+use crate::sys::lock;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -553,10 +554,4 @@ async fn sweep_idle(pool: Weak<Pool>) {
         }
         pool.update_sizes();
     }
-}
-
-/// Locks a mutex, carrying on if a panic elsewhere poisoned it (each critical section is a
-/// single push, pop or assignment).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
