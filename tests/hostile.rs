@@ -16,6 +16,13 @@ use pier::runtime::FaultKind;
 
 /// `hostile` (with `limits`) and `calm` (echo), both lines, on one worker.
 async fn tenants(test: &str, limits: &str) -> Deployed {
+    tenants_named(test, "hostile", limits).await
+}
+
+/// Like [`tenants`], with the hostile listener called `name`: metrics are process-wide series
+/// labelled by listener name, so a test reading one must not share the name with tests running
+/// alongside.
+async fn tenants_named(test: &str, name: &str, limits: &str) -> Deployed {
     let dir = common::scratch_dir(test);
     std::fs::copy(
         common::guest_file("pier_hostile.wasm"),
@@ -30,7 +37,7 @@ async fn tenants(test: &str, limits: &str) -> Deployed {
 workers = 1
 
 [[listener]]
-name = "hostile"
+name = "{name}"
 address = "127.0.0.1:0"
 plugin = "hostile.wasm"
 framing = "lines"
@@ -63,9 +70,13 @@ async fn neighbour_is_served(pier: &Deployed, what: &str) {
 }
 
 fn hostile(pier: &Deployed) -> std::sync::Arc<pier::listener::ListenerShared> {
+    hostile_named(pier, "hostile")
+}
+
+fn hostile_named(pier: &Deployed, name: &str) -> std::sync::Arc<pier::listener::ListenerShared> {
     pier.deployer
         .server()
-        .listener("hostile")
+        .listener(name)
         .expect("the hostile listener")
 }
 
@@ -259,7 +270,7 @@ async fn guest_output_beyond_the_rate_is_dropped_and_counted() {
 async fn a_timer_storm_does_not_hide_a_closed_client() {
     let pier = tenants("hostile-timers", "").await;
     let shared = hostile(&pier);
-    let stormers = timer_storm(&pier).await;
+    let stormers = timer_storm(&pier, "hostile").await;
     neighbour_is_served(&pier, "a timer storm").await;
     drop(stormers);
     eventually("the storming connections are seen closed", async || {
@@ -275,10 +286,10 @@ async fn a_timer_storm_does_not_hide_a_closed_client() {
 
 /// Twenty connections of `hostile` asking 64 timers of 1 ms each: far more calls than a worker
 /// can make, each of them short, so no call is ever "long".
-async fn timer_storm(pier: &Deployed) -> Vec<Client> {
+async fn timer_storm(pier: &Deployed, name: &str) -> Vec<Client> {
     let mut stormers = Vec::new();
     for _ in 0..20 {
-        let mut c = pier.client("hostile").await;
+        let mut c = pier.client(name).await;
         assert_eq!(ask_text(&mut c, "timers 64 1").await, "started 64");
         stormers.push(c);
     }
@@ -287,9 +298,12 @@ async fn timer_storm(pier: &Deployed) -> Vec<Client> {
 
 #[tokio::test]
 async fn a_timer_storm_is_held_to_its_cpu_share_while_the_neighbour_has_work() {
-    let pier = tenants("hostile-cpu-share", "").await;
-    let held_back = hostile(&pier).metrics.cpu_held_back.clone();
-    let _stormers = timer_storm(&pier).await;
+    let pier = tenants_named("hostile-cpu-share", "storm-shared", "").await;
+    let held_back = hostile_named(&pier, "storm-shared")
+        .metrics
+        .cpu_held_back
+        .clone();
+    let _stormers = timer_storm(&pier, "storm-shared").await;
     // The neighbour keeps the worker wanted; the storm's calls are soon over their share.
     let mut calm = pier.client("calm").await;
     let mut asked = 0u64;
@@ -310,9 +324,17 @@ async fn a_timer_storm_is_held_to_its_cpu_share_while_the_neighbour_has_work() {
 
 #[tokio::test]
 async fn a_cpu_share_of_100_percent_is_never_held_back() {
-    let pier = tenants("hostile-cpu-share-off", r#"cpu_share = "100%""#).await;
-    let held_back = hostile(&pier).metrics.cpu_held_back.clone();
-    let _stormers = timer_storm(&pier).await;
+    let pier = tenants_named(
+        "hostile-cpu-share-off",
+        "storm-unshared",
+        r#"cpu_share = "100%""#,
+    )
+    .await;
+    let held_back = hostile_named(&pier, "storm-unshared")
+        .metrics
+        .cpu_held_back
+        .clone();
+    let _stormers = timer_storm(&pier, "storm-unshared").await;
     let mut calm = pier.client("calm").await;
     for i in 0..50 {
         let line = format!("frame {i}");
