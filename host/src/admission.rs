@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::listener::Limits;
+use crate::limits::Limits;
 
 /// Why a client was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,13 +27,16 @@ pub enum Refused {
 }
 
 impl Refused {
-    /// Short name for logs.
+    /// Every reason's name, for the refusal counters.
+    pub const NAMES: &'static [&'static str] = &[
+        "max_connections",
+        "max_connections_per_address",
+        "new_connections_per_second",
+    ];
+
+    /// Short name for logs and metrics.
     pub fn name(self) -> &'static str {
-        match self {
-            Refused::MaxConnections => "max_connections",
-            Refused::PerAddress => "max_connections_per_address",
-            Refused::Rate => "new_connections_per_second",
-        }
+        Self::NAMES[self as usize]
     }
 }
 

@@ -10,6 +10,7 @@
 //! Charges are returned when the bytes are gone (written, removed, the connection closed), so
 //! a budget measures what is held now.
 
+use crate::limits::BudgetLimits;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus::IntCounter;
@@ -69,35 +70,6 @@ impl Budget {
     }
 }
 
-/// The limits of a tenant's budgets (pier.toml `[listener.limits]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BudgetLimits {
-    /// Bytes queued for the tenant's connections and not yet written (inboxes and write
-    /// buffers): `queued_bytes`.
-    pub queued_bytes: usize,
-    /// Bytes of incoming frames not yet complete, over all connections: `partial_frame_bytes`.
-    pub partial_frame_bytes: usize,
-    /// Bytes of attribute keys and values: `attribute_bytes`.
-    pub attribute_bytes: usize,
-    /// Bytes of group names held by memberships (a name counts once per member):
-    /// `group_bytes`.
-    pub group_bytes: usize,
-    /// Timers running: `timers`.
-    pub timers: usize,
-}
-
-impl Default for BudgetLimits {
-    fn default() -> Self {
-        BudgetLimits {
-            queued_bytes: 256 * 1024 * 1024,
-            partial_frame_bytes: 64 * 1024 * 1024,
-            attribute_bytes: 64 * 1024 * 1024,
-            group_bytes: 16 * 1024 * 1024,
-            timers: 100_000,
-        }
-    }
-}
-
 /// Which budget; the `budget` label of `pier_budget_refusals_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BudgetKind {
@@ -123,15 +95,18 @@ impl BudgetKind {
         BudgetKind::Timers,
     ];
 
+    /// Every kind's name, in [`BudgetKind::ALL`] order.
+    pub const NAMES: &'static [&'static str] = &[
+        "queued_bytes",
+        "partial_frame_bytes",
+        "attribute_bytes",
+        "group_bytes",
+        "timers",
+    ];
+
     /// The config key and metric label.
     pub fn name(self) -> &'static str {
-        match self {
-            BudgetKind::QueuedBytes => "queued_bytes",
-            BudgetKind::PartialFrameBytes => "partial_frame_bytes",
-            BudgetKind::AttributeBytes => "attribute_bytes",
-            BudgetKind::GroupBytes => "group_bytes",
-            BudgetKind::Timers => "timers",
-        }
+        Self::NAMES[self as usize]
     }
 }
 

@@ -14,8 +14,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::config::{Config, ListenerSpec, PluginRef, ServerSection};
 use crate::deploy::Deployer;
 use crate::framing::Framing;
-use crate::listener::{DEFAULT_WRITE_QUEUE, Limits};
-use crate::runtime::{InstanceLimits, Runtime, RuntimeConfig};
+use crate::limits::{DEFAULT_WRITE_QUEUE, InstanceLimits, Limits};
+use crate::runtime::{Runtime, RuntimeConfig};
 use crate::server::{Server, ServerConfig};
 
 /// pier: a TCP server whose message handlers are sandboxed WebAssembly components.
@@ -132,7 +132,7 @@ pub struct ServeArgs {
     pub frame_timeout: Switchable<Duration>,
 
     /// Most connections open at once from one client address; 0 for no limit.
-    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    #[arg(long, default_value_t = crate::limits::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
     pub max_connections_per_address: usize,
 
     /// Address to listen on; port 0 picks a free port (the real one is printed).
@@ -302,7 +302,7 @@ pub struct CheckArgs {
     pub plugin: String,
 }
 
-pub use crate::config::parse_size;
+use crate::config::parse_size;
 
 /// Entry point of the binary: runs the command and turns an error into one stderr line.
 pub fn main() -> std::process::ExitCode {
@@ -485,7 +485,7 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    crate::bench::raise_fd_limit();
+    crate::sys::raise_fd_limit();
     let config = serve_config(&args)?;
     let runtime = Runtime::new(RuntimeConfig {
         memory_limit: config.largest_memory().max(args.memory_limit),

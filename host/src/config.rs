@@ -16,9 +16,8 @@ use serde::Deserialize;
 
 use crate::builtin;
 use crate::framing::Framing;
-use crate::hub::SlowConsumer;
-use crate::listener::{DEFAULT_WRITE_QUEUE, Limits};
-use crate::runtime::{InstanceLimits, PluginConfig};
+use crate::limits::{DEFAULT_WRITE_QUEUE, InstanceLimits, Limits, SlowConsumer};
+use crate::runtime::PluginConfig;
 use crate::tls::{SniCert, TlsOptions};
 use crate::upstream::{UpstreamSpec, UpstreamTls};
 
@@ -653,12 +652,12 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
     let idle_timeout = switchable_duration(
         raw.idle_timeout.as_deref(),
         "limits.idle_timeout",
-        Some(crate::listener::DEFAULT_IDLE_TIMEOUT),
+        Some(crate::limits::DEFAULT_IDLE_TIMEOUT),
     )?;
     let frame_timeout = switchable_duration(
         raw.frame_timeout.as_deref(),
         "limits.frame_timeout",
-        Some(crate::listener::DEFAULT_FRAME_TIMEOUT),
+        Some(crate::limits::DEFAULT_FRAME_TIMEOUT),
     )?;
     let size = |raw: &Option<RawSize>, key: &str, default: usize| -> Result<usize> {
         match raw {
@@ -669,8 +668,8 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
             },
         }
     };
-    let budget = crate::budget::BudgetLimits::default();
-    let budgets = crate::budget::BudgetLimits {
+    let budget = crate::limits::BudgetLimits::default();
+    let budgets = crate::limits::BudgetLimits {
         queued_bytes: size(&raw.queued_bytes, "queued_bytes", budget.queued_bytes)?,
         partial_frame_bytes: size(
             &raw.partial_frame_bytes,
@@ -689,7 +688,7 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
         bail!("limits.new_connections_per_second: must be at least 1");
     }
     let cpu_share = match &raw.cpu_share {
-        None => crate::runtime::fair::DEFAULT_CPU_SHARE,
+        None => crate::limits::DEFAULT_CPU_SHARE,
         Some(value) => percent(value).map_err(|e| anyhow!("limits.cpu_share: {e}"))?,
     };
     Ok(Limits {
@@ -698,7 +697,7 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
         max_connections_per_address: match raw.max_connections_per_address {
             Some(0) => None,
             Some(n) => Some(n),
-            None => Some(crate::listener::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+            None => Some(crate::limits::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
         },
         new_connections_per_second: raw.new_connections_per_second,
         idle_timeout,
@@ -707,7 +706,7 @@ fn limits(raw: &RawLimits) -> Result<Limits> {
         write_queue_bytes: size(
             &raw.write_queue_bytes,
             "write_queue_bytes",
-            crate::listener::DEFAULT_WRITE_QUEUE_BYTES,
+            crate::limits::DEFAULT_WRITE_QUEUE_BYTES,
         )?,
         budgets,
         cpu_share,

@@ -21,6 +21,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::admission::Admitted;
 use crate::budget::{BudgetKind, Budgets};
 use crate::framing::{FrameDecoder, Framing};
 use crate::hub::{ConnectionId, Control, Delivery, Hub, Mailbox, PeerInfo, Tally, TimerId};
@@ -28,14 +29,24 @@ use crate::listener::ListenerShared;
 use crate::metrics::ListenerMetrics;
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
+use crate::runtime::pool::{Instances, TenantInstances};
 use crate::runtime::{Deployment, Fault, FaultKind, PluginSlot};
 use crate::tls::{TlsInfo, TlsListener};
 use crate::transport::Transport;
-use crate::worker::{Instances, Job, TenantInstances};
 
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
 /// answered, a client that keeps streaming cannot hold shutdown up.
 const DRAIN_READ_LIMIT: usize = 1024 * 1024;
+
+/// An accepted connection on its way to a worker.
+pub struct Job {
+    /// The socket, detached from the accepting runtime (it is re-registered on the worker's).
+    pub stream: std::net::TcpStream,
+    /// The connection's place under the listener's limits; released when the connection ends.
+    pub admitted: Admitted,
+    /// What the listener serves.
+    pub listener: Arc<ListenerShared>,
+}
 
 /// How long, and how many bytes, a connection closed after an error reply keeps reading what
 /// its client still sends (see `Connection::linger_before_close`).
@@ -106,7 +117,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
                 tracing::field::display(format_args!("{}@{}", plugin.name, plugin.version)),
             );
         }
-        let instances = instances.get(&listener);
+        let instances = instances.get(listener.tenant());
         let peer = PeerInfo {
             id,
             remote_addr: remote,
@@ -902,7 +913,7 @@ impl Connection {
 mod tests {
     use super::*;
     use crate::admission::Admission;
-    use crate::listener::Limits;
+    use crate::limits::Limits;
     use crate::runtime::{Runtime, RuntimeConfig};
 
     /// Every open connection holds its task for its whole life, idle or not, and a future is as

@@ -8,6 +8,7 @@
 //! later span machines; [`LocalHub`] is the in-process implementation. Every operation is
 //! non-blocking and bounded: queues are bounded, attribute/group/timer counts are capped.
 
+use crate::limits::SlowConsumer;
 use crate::sys::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -314,31 +315,6 @@ pub trait Hub: Send + Sync {
     fn timer_done(&self, id: ConnectionId, timer: TimerId);
 }
 
-/// What happens when a connection's write queue is full (pier.toml `limits.slow_consumer`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SlowConsumer {
-    /// Refuse the frame (`send` fails with `queue-full`, a broadcast skips the connection); the
-    /// connection stays open.
-    #[default]
-    Drop,
-    /// Close the connection with `slow-consumer`, dropping what it had not read.
-    Close,
-}
-
-impl std::str::FromStr for SlowConsumer {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "drop" => Ok(SlowConsumer::Drop),
-            "close" => Ok(SlowConsumer::Close),
-            other => Err(format!(
-                "`{other}` is not a slow-consumer policy (close or drop)"
-            )),
-        }
-    }
-}
-
 /// A connection's inbox: frames, timer requests and the close request, in the order sent.
 ///
 /// A mutex-guarded `VecDeque` plus a `Notify` rather than a tokio channel: an empty deque
@@ -591,7 +567,7 @@ impl LocalHub {
         LocalHub {
             full: QueueRules {
                 limit: write_queue.max(1),
-                bytes: crate::listener::DEFAULT_WRITE_QUEUE_BYTES,
+                bytes: crate::limits::DEFAULT_WRITE_QUEUE_BYTES,
                 budgets: Arc::new(Budgets::default()),
                 policy: slow_consumer,
                 dropped: crate::metrics::detached_counter(),

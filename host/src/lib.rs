@@ -23,6 +23,7 @@
 //! - [`transport`]: plain TCP or TLS streams, read into a per-worker scratch buffer.
 //! - [`tls`]: rustls server and client settings, peer identity, `pier cert generate`.
 //! - [`framing`]: raw, lines and length-prefixed framing with a frame-size limit.
+//! - [`limits`]: every limit a listener runs under, with its defaults (plain data).
 //! - [`listener`]: what a listener serves (name, framing, limits, plugin, registry).
 //! - [`hub`]: the connection registry behind the plugin's `connections` interface.
 //! - [`runtime`]: wasmtime engine, compiled-plugin cache, loading and checking plugins, the
@@ -33,7 +34,7 @@
 //! - [`upstream`]: outbound connection pools per named upstream, used by plugins (WIT
 //!   `upstream`) and `pier send --repeat`.
 //! - [`client`]: the client side used by `pier send`.
-//! - [`sys`]: process-level helpers (a poison-tolerant lock).
+//! - [`sys`]: process-level helpers (a poison-tolerant lock, the open-file limit).
 //! - [`bench`]: `pier bench` (load generator) and `pier baseline` (the native server it compares
 //!   pier with).
 
@@ -50,6 +51,7 @@ pub mod deploy;
 pub mod envsubst;
 pub mod framing;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod runtime;

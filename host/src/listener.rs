@@ -8,80 +8,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::Budgets;
 use crate::framing::Framing;
-use crate::hub::{Hub, LocalHub, SlowConsumer};
+use crate::hub::{Hub, LocalHub};
+use crate::limits::Limits;
 use crate::metrics::ListenerMetrics;
-use crate::runtime::host::ListenerContext;
-use crate::runtime::{InstanceLimits, LoadedPlugin, PluginConfig, PluginSlot};
+use crate::runtime::context::ListenerContext;
+use crate::runtime::{LoadedPlugin, PluginConfig, PluginSlot};
 use crate::tls::TlsListener;
-
-/// Defaults for a listener's limits.
-pub const DEFAULT_WRITE_QUEUE: usize = 1024;
-
-/// Connection-level limits of one listener (pier.toml `[listener.limits]`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Limits {
-    /// Most connections open at once; beyond it new clients are accepted and closed at once.
-    pub max_connections: usize,
-    /// Most connections open at once from one client IP address.
-    pub max_connections_per_address: Option<usize>,
-    /// Most new connections per second from one client IP address (a token bucket with a
-    /// burst of one second's worth).
-    pub new_connections_per_second: Option<u32>,
-    /// Close a connection that sent nothing for this long.
-    pub idle_timeout: Option<Duration>,
-    /// Close a connection whose frame is not complete this long after its first byte arrived
-    /// (the slowloris defence: a trickle of bytes does not count as activity for a frame that
-    /// never ends).
-    pub frame_timeout: Option<Duration>,
-    /// Frames other connections may queue for one connection before the slow-consumer policy
-    /// applies.
-    pub write_queue: usize,
-    /// Bytes that may wait for one connection (its inbox and unwritten replies) before the
-    /// slow-consumer policy applies.
-    pub write_queue_bytes: usize,
-    /// What the tenant may make the host hold over all its connections.
-    pub budgets: crate::budget::BudgetLimits,
-    /// The part of a worker's call time the tenant may use per window while another tenant on
-    /// the worker wants it (0 < share ≤ 1; see `runtime::fair`).
-    pub cpu_share: f64,
-    /// What happens when a connection's write queue is full.
-    pub slow_consumer: SlowConsumer,
-    /// Memory and call deadline of each plugin instance; `None`: the runtime's defaults.
-    pub instance: Option<InstanceLimits>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_connections_per_address: Some(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
-            new_connections_per_second: None,
-            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
-            frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
-            write_queue: DEFAULT_WRITE_QUEUE,
-            write_queue_bytes: DEFAULT_WRITE_QUEUE_BYTES,
-            budgets: crate::budget::BudgetLimits::default(),
-            cpu_share: crate::runtime::fair::DEFAULT_CPU_SHARE,
-            slow_consumer: SlowConsumer::Drop,
-            instance: None,
-        }
-    }
-}
-
-/// Default `idle_timeout`: an Internet-facing port should not keep silent clients forever.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Default `frame_timeout`.
-pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default `max_connections_per_address`: one address cannot take every slot.
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1000;
-/// Default `write_queue_bytes`.
-pub const DEFAULT_WRITE_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bits of a connection id that number the connections of one tenant (2^40, a trillion, per
 /// listener instance); the bits above hold the listener's id.
@@ -186,8 +123,17 @@ impl ListenerShared {
     ) -> Arc<Self> {
         let name: Arc<str> = Arc::from(settings.name.as_str());
         let limits = settings.limits;
-        let metrics = ListenerMetrics::new(&name);
-        let budgets = Arc::new(Budgets::new(limits.budgets, metrics.budget_refused.clone()));
+        let metrics = ListenerMetrics::new(
+            &name,
+            crate::metrics::ListenerLabels {
+                refusals: crate::admission::Refused::NAMES,
+                budgets: crate::budget::BudgetKind::NAMES,
+            },
+        );
+        let budgets = Arc::new(Budgets::new(
+            limits.budgets,
+            crate::budget::BudgetKind::ALL.map(|kind| metrics.budget_refused.counter(kind.name())),
+        ));
         let hub: Arc<dyn Hub> = Arc::new(
             LocalHub::with_policy(limits.write_queue, settings.max_frame, limits.slow_consumer)
                 .counting_full_queues(metrics.queue_dropped.clone(), metrics.queue_closed.clone())
@@ -267,10 +213,17 @@ impl ListenerShared {
         }
     }
 
-    /// The flag [`ListenerShared::retire`] sets, for holders that must not keep the listener
-    /// alive.
-    pub fn retired_flag(&self) -> Arc<AtomicBool> {
-        self.retired.clone()
+    /// What a worker's instance pool needs to know of this listener's tenant.
+    pub fn tenant(&self) -> crate::runtime::pool::Tenant<'_> {
+        crate::runtime::pool::Tenant {
+            id: self.id,
+            retired: &self.retired,
+            slot: &self.slot,
+            ctx: &self.ctx,
+            limits: self.limits.instance,
+            cpu_share: self.limits.cpu_share,
+            held_back: &self.metrics.cpu_held_back,
+        }
     }
 
     /// Whether the listener stopped accepting.

@@ -11,6 +11,10 @@
 //!
 //! Handles built by [`ListenerMetrics::detached`] count without being exported; the load-time
 //! plugin check uses them so that a scratch instance never appears as a listener.
+//!
+//! This module sits below everything that counts: label values are plain strings chosen by the
+//! caller (a refusal reason, a fault kind, a budget's name), never the callers' own types, so no
+//! serving module is a dependency of metrics ([`LabelledCounters`]).
 
 use std::sync::{Arc, LazyLock};
 
@@ -18,10 +22,6 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-use crate::admission::Refused;
-use crate::budget::BudgetKind;
-use crate::runtime::FaultKind;
 
 /// The content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -276,22 +276,31 @@ pub struct ListenerMetrics {
     pub queue_dropped: IntCounter,
     /// Connections closed by the `close` slow-consumer policy.
     pub queue_closed: IntCounter,
-    /// Admission refusals, in [`Refused`] order.
-    refused: [IntCounter; 3],
-    /// Budget refusals, in [`BudgetKind::ALL`] order (taken by the tenant's `Budgets`).
-    pub budget_refused: [IntCounter; 5],
+    /// Admission refusals, by reason.
+    pub refused: LabelledCounters,
+    /// Budget refusals, by budget (taken by the tenant's `Budgets`).
+    pub budget_refused: LabelledCounters,
     /// Guest output lines dropped by the tenant's output rate.
     pub output_dropped: IntCounter,
     /// Guest calls held back for the tenant's CPU share (see `runtime::fair`).
     pub cpu_held_back: IntCounter,
 }
 
+/// The label values a listener's labelled counters are made for, so each series exists (at 0)
+/// from the start.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerLabels {
+    /// Every admission refusal reason.
+    pub refusals: &'static [&'static str],
+    /// Every tenant budget's name.
+    pub budgets: &'static [&'static str],
+}
+
 impl ListenerMetrics {
     /// Handles for listener `name`, exported.
-    pub fn new(name: &str) -> Arc<Self> {
+    pub fn new(name: &str, labels: ListenerLabels) -> Arc<Self> {
         let f = &*FAMILIES;
-        let refused = [Refused::MaxConnections, Refused::PerAddress, Refused::Rate]
-            .map(|why| f.connections_refused.with_label_values(&[name, why.name()]));
+        let refused = LabelledCounters::exported(&f.connections_refused, &[name], labels.refusals);
         Arc::new(ListenerMetrics {
             listener: Some(Arc::from(name)),
             open: f.connections_open.with_label_values(&[name]),
@@ -300,8 +309,7 @@ impl ListenerMetrics {
             queue_dropped: f.write_queue_full.with_label_values(&[name, "drop"]),
             queue_closed: f.write_queue_full.with_label_values(&[name, "close"]),
             refused,
-            budget_refused: BudgetKind::ALL
-                .map(|kind| f.budget_refusals.with_label_values(&[name, kind.name()])),
+            budget_refused: LabelledCounters::exported(&f.budget_refusals, &[name], labels.budgets),
             output_dropped: f.output_dropped.with_label_values(&[name]),
             cpu_held_back: f.cpu_held_back.with_label_values(&[name]),
         })
@@ -316,16 +324,16 @@ impl ListenerMetrics {
             instances: detached_gauge(),
             queue_dropped: detached_counter(),
             queue_closed: detached_counter(),
-            refused: [detached_counter(), detached_counter(), detached_counter()],
-            budget_refused: std::array::from_fn(|_| detached_counter()),
+            refused: LabelledCounters::detached(),
+            budget_refused: LabelledCounters::detached(),
             output_dropped: detached_counter(),
             cpu_held_back: detached_counter(),
         })
     }
 
-    /// Counts a client refused by admission.
-    pub fn refused(&self, why: Refused) {
-        self.refused[why as usize].inc();
+    /// Counts a client refused by admission for reason `why`.
+    pub fn refused(&self, why: &str) {
+        self.refused.inc(why);
     }
 
     /// Counts a failed TLS handshake.
@@ -339,8 +347,13 @@ impl ListenerMetrics {
     }
 
     /// Handles for plugin `plugin` at `version` serving this listener, marked as the version
-    /// serving now in `pier_plugin_info`.
-    pub fn version(&self, plugin: &str, version: &str) -> VersionMetrics {
+    /// serving now in `pier_plugin_info`; `fault_kinds` are the fault labels it may count.
+    pub fn version(
+        &self,
+        plugin: &str,
+        version: &str,
+        fault_kinds: &'static [&'static str],
+    ) -> VersionMetrics {
         let Some(listener) = &self.listener else {
             return VersionMetrics::detached();
         };
@@ -353,10 +366,7 @@ impl ListenerMetrics {
             bytes_received: f.bytes_received.with_label_values(&labels),
             bytes_sent: f.bytes_sent.with_label_values(&labels),
             call_duration: f.call_duration.with_label_values(&labels),
-            faults: FaultKind::ALL.map(|kind| {
-                f.faults
-                    .with_label_values(&[listener.as_ref(), plugin, version, kind.name()])
-            }),
+            faults: LabelledCounters::exported(&f.faults, &labels, fault_kinds),
         }
     }
 
@@ -384,8 +394,8 @@ pub struct VersionMetrics {
     pub bytes_sent: IntCounter,
     /// Guest call durations.
     pub call_duration: Histogram,
-    /// Faults, in [`FaultKind::ALL`] order.
-    faults: [IntCounter; FaultKind::ALL.len()],
+    /// Faults, by kind.
+    faults: LabelledCounters,
 }
 
 impl VersionMetrics {
@@ -398,13 +408,13 @@ impl VersionMetrics {
             bytes_sent: detached_counter(),
             call_duration: Histogram::with_opts(HistogramOpts::new("detached", "detached"))
                 .unwrap_or_else(|e| panic!("detached histogram: {e}")),
-            faults: std::array::from_fn(|_| detached_counter()),
+            faults: LabelledCounters::detached(),
         }
     }
 
-    /// Counts a fault.
-    pub fn fault(&self, kind: FaultKind) {
-        self.faults[kind as usize].inc();
+    /// Counts a fault of kind `kind`.
+    pub fn fault(&self, kind: &str) {
+        self.faults.inc(kind);
     }
 
     /// Adds one batch's traffic.
@@ -419,6 +429,57 @@ impl VersionMetrics {
                 counter.inc_by(n);
             }
         }
+    }
+}
+
+/// Counters of one family for a fixed set of values of its last label, given by the caller when
+/// the handles are made (so every series is exported from the start, at 0) and picked by value
+/// when counting. A value not given at creation is counted nowhere: label sets stay bounded
+/// whatever a caller passes.
+#[derive(Clone, Debug)]
+pub struct LabelledCounters(Arc<[(&'static str, IntCounter)]>);
+
+impl LabelledCounters {
+    fn exported(family: &IntCounterVec, labels: &[&str], values: &'static [&'static str]) -> Self {
+        LabelledCounters(
+            values
+                .iter()
+                .map(|&value| {
+                    let mut all = labels.to_vec();
+                    all.push(value);
+                    (value, family.with_label_values(&all))
+                })
+                .collect(),
+        )
+    }
+
+    /// Handles that count nothing anyone sees.
+    pub fn detached() -> Self {
+        LabelledCounters(Arc::new([]))
+    }
+
+    /// The counter for `value`: the exported one, or a detached one when `value` has none.
+    pub fn counter(&self, value: &str) -> IntCounter {
+        self.0
+            .iter()
+            .find(|(v, _)| *v == value)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(detached_counter)
+    }
+
+    /// Counts one event labelled `value`.
+    pub fn inc(&self, value: &str) {
+        if let Some((_, counter)) = self.0.iter().find(|(v, _)| *v == value) {
+            counter.inc();
+        }
+    }
+
+    /// The count for `value` so far (0 when it has no counter).
+    pub fn get(&self, value: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(v, _)| *v == value)
+            .map_or(0, |(_, c)| c.get())
     }
 }
 
@@ -441,14 +502,14 @@ pub struct UpstreamMetrics {
     pub waits: IntCounter,
     /// Failed connection attempts.
     pub connect_failed: IntCounter,
-    /// Results, in `ok`, `unavailable`, `timeout`, `frame-too-large`, `invalid-frame` order.
-    results: [IntCounter; 5],
+    /// Requests, by result.
+    results: LabelledCounters,
     duration: Histogram,
 }
 
 impl UpstreamMetrics {
-    /// Handles for upstream `name`.
-    pub fn new(name: &str) -> Self {
+    /// Handles for upstream `name`, whose requests end in one of `results`.
+    pub fn new(name: &str, results: &'static [&'static str]) -> Self {
         let f = &*FAMILIES;
         UpstreamMetrics {
             open: f.upstream_connections.with_label_values(&[name, "open"]),
@@ -458,33 +519,14 @@ impl UpstreamMetrics {
             stale: f.upstream_closed.with_label_values(&[name, "stale"]),
             waits: f.upstream_waits.with_label_values(&[name]),
             connect_failed: f.upstream_connect_failures.with_label_values(&[name]),
-            results: [
-                "ok",
-                "unavailable",
-                "timeout",
-                "frame-too-large",
-                "invalid-frame",
-            ]
-            .map(|r| f.upstream_requests.with_label_values(&[name, r])),
+            results: LabelledCounters::exported(&f.upstream_requests, &[name], results),
             duration: f.upstream_duration.with_label_values(&[name]),
         }
     }
 
-    /// Counts a finished request.
-    pub fn finished<T>(
-        &self,
-        result: &Result<T, crate::upstream::UpstreamError>,
-        took: std::time::Duration,
-    ) {
-        use crate::upstream::UpstreamError as E;
-        let i = match result {
-            Ok(_) => 0,
-            Err(E::Unavailable | E::NotGranted) => 1,
-            Err(E::Timeout) => 2,
-            Err(E::FrameTooLarge) => 3,
-            Err(E::InvalidFrame) => 4,
-        };
-        self.results[i].inc();
+    /// Counts a finished request by its result label.
+    pub fn finished(&self, result: &str, took: std::time::Duration) {
+        self.results.inc(result);
         self.duration.observe(took.as_secs_f64());
     }
 
@@ -505,18 +547,26 @@ mod tests {
 
     #[test]
     fn handles_update_the_exposition() {
-        let listener = ListenerMetrics::new("metrics-unit");
+        let labels = ListenerLabels {
+            refusals: &["max_connections", "new_connections_per_second"],
+            budgets: &["timers"],
+        };
+        let listener = ListenerMetrics::new("metrics-unit", labels);
         listener.accepted.inc();
-        listener.refused(Refused::Rate);
+        listener.refused("new_connections_per_second");
+        // A value the handles were not made for is counted nowhere: label sets stay bounded.
+        listener.refused("made-up");
         listener.tls_failure("timeout");
-        let version = listener.version("echo", "abc123");
+        let version = listener.version("echo", "abc123", &["trap", "deadline"]);
         version.traffic(3, 2, 30, 20);
-        version.fault(FaultKind::Deadline);
+        version.fault("deadline");
         version.call_duration.observe(0.000_002);
         let text = encode().expect("encodes");
         for line in [
             r#"pier_connections_accepted_total{listener="metrics-unit"} 1"#,
             r#"pier_connections_refused_total{listener="metrics-unit",reason="new_connections_per_second"} 1"#,
+            r#"pier_connections_refused_total{listener="metrics-unit",reason="max_connections"} 0"#,
+            r#"pier_budget_refusals_total{budget="timers",listener="metrics-unit"} 0"#,
             r#"pier_tls_handshake_failures_total{listener="metrics-unit",reason="timeout"} 1"#,
             r#"pier_frames_received_total{listener="metrics-unit",plugin="echo",version="abc123"} 3"#,
             r#"pier_bytes_sent_total{listener="metrics-unit",plugin="echo",version="abc123"} 20"#,
@@ -526,6 +576,8 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }
+        assert!(!text.contains("made-up"), "{text}");
+        assert_eq!(listener.refused.get("new_connections_per_second"), 1);
         listener.retire_version("echo", "abc123");
         assert!(!encode().expect("encodes").contains(
             r#"pier_plugin_info{listener="metrics-unit",plugin="echo",version="abc123"}"#
@@ -536,7 +588,9 @@ mod tests {
     fn detached_handles_are_not_exported() {
         let listener = ListenerMetrics::detached();
         listener.accepted.inc();
-        listener.version("echo", "detached-v").traffic(1, 1, 1, 1);
+        listener
+            .version("echo", "detached-v", &["trap"])
+            .traffic(1, 1, 1, 1);
         assert!(!encode().expect("encodes").contains("detached-v"));
     }
 }

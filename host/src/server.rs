@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admission::Admission;
+use crate::connection::Job;
 use crate::listener::ListenerShared;
 use crate::runtime::Runtime;
-use crate::worker::{Job, WorkerPool};
+use crate::worker::WorkerPool;
 
 /// Server-wide settings (per-listener ones live in [`ListenerShared`]).
 #[derive(Clone, Debug)]
@@ -95,7 +96,7 @@ impl Server {
         &self,
         listener: TcpListener,
         shared: Arc<ListenerShared>,
-        limits: &crate::listener::Limits,
+        limits: &crate::limits::Limits,
     ) -> Result<SocketAddr> {
         let addr = listener
             .local_addr()
@@ -234,7 +235,7 @@ pub async fn run(
 ) -> Result<()> {
     let server = Server::new(runtime, &config)?;
     // The one-listener form takes its connection limit from `config`.
-    let limits = crate::listener::Limits {
+    let limits = crate::limits::Limits {
         max_connections: config.max_connections,
         ..shared.limits.clone()
     };
@@ -269,7 +270,7 @@ async fn accept_loop(
         let admitted = match admission.admit(peer.ip()) {
             Ok(admitted) => admitted,
             Err(why) => {
-                shared.metrics.refused(why);
+                shared.metrics.refused(why.name());
                 // A clean close: the client reads end-of-stream at once instead of hanging.
                 drop(stream);
                 continue;

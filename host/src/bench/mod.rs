@@ -123,7 +123,7 @@ pub struct BaselineArgs {
     pub framing: Framing,
 
     /// Largest frame accepted.
-    #[arg(long, default_value = "1MiB", value_parser = crate::cli::parse_size)]
+    #[arg(long, default_value = "1MiB", value_parser = crate::config::parse_size)]
     pub max_frame: usize,
 
     /// Worker threads (default: one per CPU).
@@ -141,7 +141,7 @@ pub struct BaselineArgs {
 
 /// Runs `pier baseline`.
 pub fn baseline_main(args: BaselineArgs) -> Result<()> {
-    raise_fd_limit();
+    crate::sys::raise_fd_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(w) = args.workers {
         builder.worker_threads(w.max(1));
@@ -314,7 +314,7 @@ fn failures(output: &Value) -> Option<String> {
 
 /// Runs `pier bench`.
 pub fn bench_main(args: BenchArgs) -> Result<()> {
-    raise_fd_limit();
+    crate::sys::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -632,7 +632,7 @@ fn was_closed(stream: &tokio::net::TcpStream) -> bool {
 }
 
 async fn idle(args: &BenchArgs, count: usize) -> Result<Value> {
-    raise_fd_limit();
+    crate::sys::raise_fd_limit();
     if let (Some(addr), Some(pid)) = (&args.addr, args.server_pid) {
         return Ok(
             json!({ "idle": [ { "server": "server", "memory": idle_memory(addr, pid, count).await? } ] }),
@@ -677,23 +677,6 @@ async fn idle(args: &BenchArgs, count: usize) -> Result<Value> {
         results.push(json!({ "server": name, "memory": memory }));
     }
     Ok(json!({ "idle": results }))
-}
-
-/// Raises this process's open-file limit to its hard limit: servers and load generators both
-/// need one descriptor per connection.
-pub fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 fn print_human(args: &BenchArgs, output: &Value) {

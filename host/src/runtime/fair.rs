@@ -38,10 +38,6 @@ const GIVE_WAY_TICKS: u32 = 3;
 /// long — well under the call deadline and a client's patience.
 pub const WINDOW: Duration = Duration::from_millis(10);
 
-/// Default share of a worker's call time a tenant may use per [`WINDOW`] while another tenant
-/// on the worker is active: the same quarter its long calls get.
-pub const DEFAULT_CPU_SHARE: f64 = 1.0 / (1.0 + GIVE_WAY_TICKS as f64);
-
 /// Marks a call as long-running (it has run for a whole epoch tick) for as long as it lives.
 pub(crate) struct LongCall(Arc<CpuShare>);
 

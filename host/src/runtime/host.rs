@@ -12,37 +12,12 @@ use super::bindings::pier::plugin::{
     attributes, clock, config, connections, groups, log, stats, timers, types, upstream,
 };
 use super::bindings::{Level, Peer, SendError, TlsPeer};
-use super::slot::PluginConfig;
-use crate::hub::{self, ConnectionId, Hub, PeerInfo};
+use super::context::{ListenerContext, PluginConfig};
+use crate::hub::{self, ConnectionId, PeerInfo};
 use std::time::Duration;
 
 /// Longest guest log message kept; the rest is cut so a guest cannot flood the log with one call.
 const MAX_LOG_MESSAGE: usize = 4096;
-
-/// What one listener gives its plugin instances: its registry and its name for log lines.
-pub struct ListenerContext {
-    /// The listener's name, on every log line.
-    pub name: Arc<str>,
-    /// The listener's connections.
-    pub hub: Arc<dyn Hub>,
-    /// Faults of the listener's plugin, by kind.
-    pub faults: super::instance::FaultCounts,
-    /// The listener's metrics (instances alive; versions' metrics hang off the slot).
-    pub metrics: Arc<crate::metrics::ListenerMetrics>,
-    /// The upstreams the listener grants its plugin.
-    pub upstreams: crate::upstream::GrantSlot,
-    /// The rate limit on the plugin's log lines and stdout/stderr.
-    pub output: Arc<super::output::OutputRate>,
-}
-
-/// Per-listener sandbox limits for each plugin instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InstanceLimits {
-    /// Largest linear memory an instance may grow to (at most the runtime's pool limit).
-    pub memory: usize,
-    /// Longest one guest call may run.
-    pub call_deadline: Duration,
-}
 
 /// The data of one instance's `Store`.
 pub struct HostState {

@@ -16,79 +16,15 @@ use wasmtime::Store;
 
 use super::Runtime;
 use super::bindings::{CloseReason, Peer, Plugin, Refusal};
+use super::context::ListenerContext;
 use super::fair::{CpuShare, LongCall, pause_long_call};
-use super::host::{Excuse, ExcusedTime, HostState, InstanceLimits, ListenerContext};
+use super::fault::FaultKind;
+use super::host::{Excuse, ExcusedTime, HostState};
 use super::plugin::{LoadedPlugin, OnFrames, OnTimer, Restore, Snapshot};
 use super::slot::{Deployment, PluginSlot};
 use crate::hub::ConnectionId;
+use crate::limits::InstanceLimits;
 use wasmtime::component::Func;
-
-/// What went wrong in a guest call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FaultKind {
-    /// The guest trapped (unreachable, out-of-bounds access, a panic, ...).
-    Trap = 0,
-    /// The call ran past the call deadline.
-    Deadline,
-    /// The guest tried to grow memory past its limit.
-    Memory,
-    /// The call ran past its deadline while the host was refusing its `send`s (queue full):
-    /// a guest flooding a connection.
-    SendFlood,
-    /// No instance could be created (instantiation itself trapped or the pool is exhausted).
-    Instantiate,
-    /// A reply larger than the listener's limit: never written, the connection is closed.
-    ReplyTooLarge,
-}
-
-impl FaultKind {
-    /// Short name for logs and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            FaultKind::Trap => "trap",
-            FaultKind::Deadline => "deadline",
-            FaultKind::Memory => "memory",
-            FaultKind::SendFlood => "send-flood",
-            FaultKind::Instantiate => "instantiate",
-            FaultKind::ReplyTooLarge => "reply-too-large",
-        }
-    }
-}
-
-impl FaultKind {
-    /// Every kind, in the order [`FaultCounts`] keeps them.
-    pub const ALL: [FaultKind; 6] = [
-        FaultKind::Trap,
-        FaultKind::Deadline,
-        FaultKind::Memory,
-        FaultKind::SendFlood,
-        FaultKind::Instantiate,
-        FaultKind::ReplyTooLarge,
-    ];
-}
-
-/// Faults of one listener's plugin since the listener started, by kind, over every worker.
-#[derive(Debug, Default)]
-pub struct FaultCounts([std::sync::atomic::AtomicU64; FaultKind::ALL.len()]);
-
-impl FaultCounts {
-    /// Counts one fault; returns the listener's total so far.
-    pub fn record(&self, kind: FaultKind) -> u64 {
-        use std::sync::atomic::Ordering;
-        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
-        self.total()
-    }
-
-    /// Faults of `kind` so far.
-    pub fn of(&self, kind: FaultKind) -> u64 {
-        self.0[kind as usize].load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Faults of every kind so far.
-    pub fn total(&self) -> u64 {
-        FaultKind::ALL.iter().map(|&k| self.of(k)).sum()
-    }
-}
 
 /// A failed guest call; the instance has already been discarded.
 #[derive(Debug)]
@@ -235,7 +171,7 @@ impl PluginInstance {
                 Err(kind) => {
                     // Counted under the outgoing version, whose export failed.
                     self.ctx.faults.record(kind);
-                    self.deployment.metrics.fault(kind);
+                    self.deployment.metrics.fault(kind.name());
                     None
                 }
             },
@@ -257,7 +193,7 @@ impl PluginInstance {
                     restored = outcome.is_ok();
                     if let Err(kind) = outcome {
                         self.ctx.faults.record(kind);
-                        self.deployment.metrics.fault(kind);
+                        self.deployment.metrics.fault(kind.name());
                         // A failed restore may leave guest memory half-written: start clean.
                         self.live = None;
                     }
@@ -301,7 +237,7 @@ impl PluginInstance {
             let created = instantiate(plugin, &mut store).await.map_err(|err| {
                 self.faults += 1;
                 self.ctx.faults.record(FaultKind::Instantiate);
-                self.deployment.metrics.fault(FaultKind::Instantiate);
+                self.deployment.metrics.fault(FaultKind::Instantiate.name());
                 let fault = Fault::new(FaultKind::Instantiate, &err);
                 tracing::error!(plugin = %self.label, "cannot instantiate the plugin: {}", fault.detail);
                 fault
@@ -389,7 +325,7 @@ impl PluginInstance {
                 self.deployment.metrics.call_duration.observe(elapsed);
                 let fault = Fault::new(kind, &err);
                 let total = self.ctx.faults.record(kind);
-                self.deployment.metrics.fault(kind);
+                self.deployment.metrics.fault(kind.name());
                 tracing::error!(
                     listener = %self.ctx.name,
                     plugin = %self.label,

@@ -8,17 +8,23 @@
 //! - [`bindings`]: the generated Rust side of `wit/plugin.wit`.
 //! - [`cache`]: compiled components on disk.
 //! - [`plugin`]: loading and checking a component against the world.
+//! - [`context`]: what a listener gives its plugin's instances.
 //! - [`host`]: the store data and the host side of the imported interfaces.
 //! - [`instance`]: one worker's instance, calls with deadlines, fault recovery.
+//! - [`pool`]: one worker's instances per tenant, leased per call.
 //! - [`fair`]: how a worker's CPU is shared between tenants.
+//! - [`fault`]: fault kinds and per-listener fault counts.
 
 pub mod bindings;
 pub mod cache;
+pub mod context;
 pub mod fair;
+pub mod fault;
 pub mod host;
 pub mod instance;
 pub mod output;
 pub mod plugin;
+pub mod pool;
 pub mod slot;
 pub mod wasi;
 
@@ -35,10 +41,12 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use self::cache::ArtifactCache;
 use self::host::HostState;
 
-pub use self::host::InstanceLimits;
-pub use self::instance::{Fault, FaultCounts, FaultKind, PluginInstance};
+pub use self::context::PluginConfig;
+pub use self::fault::{FaultCounts, FaultKind};
+pub use self::instance::{Fault, PluginInstance};
 pub use self::plugin::{LoadError, LoadedPlugin};
-pub use self::slot::{Deployment, PluginConfig, PluginSlot};
+pub use self::slot::{Deployment, PluginSlot};
+pub use crate::limits::InstanceLimits;
 
 /// How often the epoch advances; call deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);

@@ -13,7 +13,8 @@ use wasmtime::component::{Component, ComponentExportIndex, types::ComponentItem}
 
 use super::Runtime;
 use super::bindings::PluginPre;
-use super::host::{HostState, ListenerContext};
+use super::context::ListenerContext;
+use super::host::HostState;
 use crate::hub::LocalHub;
 
 /// The package whose interfaces pier provides and expects.

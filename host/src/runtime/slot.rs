@@ -6,17 +6,13 @@
 //! time, in frame order, on its worker, "between two calls" is a frame boundary: no frame is
 //! lost, answered twice or reordered, and no connection notices.
 
-use std::collections::BTreeMap;
+use super::context::PluginConfig;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use super::LoadedPlugin;
 use crate::metrics::{ListenerMetrics, VersionMetrics};
-
-/// The listener's `plugin_config` table, as strings, handed to the guest by the `config`
-/// interface.
-pub type PluginConfig = BTreeMap<String, String>;
 
 /// One version of a listener's plugin together with its configuration.
 #[derive(Debug)]
@@ -41,7 +37,7 @@ impl Deployment {
         listener: &ListenerMetrics,
     ) -> Self {
         Deployment {
-            metrics: listener.version(&plugin.name, &plugin.version),
+            metrics: listener.version(&plugin.name, &plugin.version, super::FaultKind::NAMES),
             plugin,
             config: Arc::new(config),
             generation,

@@ -26,7 +26,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
-use super::host::ListenerContext;
+use super::context::ListenerContext;
 use super::output::{OutputRate, note_drops};
 
 /// Longest guest output line logged; the rest of the line is dropped.

@@ -61,6 +61,16 @@ pub enum UpstreamError {
     InvalidFrame,
 }
 
+/// Every result a request's metrics may record: `ok`, then how a request fails (a request for
+/// an upstream not granted is counted as `unavailable`: it never reaches a pool).
+pub const RESULTS: &[&str] = &[
+    "ok",
+    "unavailable",
+    "timeout",
+    "frame-too-large",
+    "invalid-frame",
+];
+
 impl UpstreamError {
     /// Short name for logs and metrics.
     pub fn name(self) -> &'static str {
@@ -206,7 +216,7 @@ impl Pool {
             bail!("upstream `{}` has no addresses", spec.name);
         }
         let pool = Arc::new(Pool {
-            metrics: UpstreamMetrics::new(&spec.name),
+            metrics: UpstreamMetrics::new(&spec.name, RESULTS),
             tls_digest: tls_digest(&spec)?,
             spec,
             addresses,
@@ -247,7 +257,12 @@ impl Pool {
                 .await
                 .unwrap_or(Err(UpstreamError::Timeout))
         };
-        self.metrics.finished(&result, started.elapsed());
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(UpstreamError::NotGranted) => "unavailable",
+            Err(err) => err.name(),
+        };
+        self.metrics.finished(label, started.elapsed());
         self.update_sizes();
         if let Err(err) = &result {
             // The plugin only learns the error kind; the operator needs to know where it went.
