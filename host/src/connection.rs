@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::admission::Admitted;
 use crate::budget::{BudgetKind, Budgets};
 use crate::framing::{FrameDecoder, Framing};
-use crate::hub::{ConnectionId, Control, Delivery, Hub, Mailbox, PeerInfo, Tally, TimerId};
+use crate::hub::{ConnectionId, Control, Delivery, Mailbox, PeerInfo, Registry, Tally, TimerId};
 use crate::listener::ListenerShared;
 use crate::metrics::ListenerMetrics;
 use crate::runtime::bindings::CloseReason;
@@ -260,7 +260,7 @@ fn reply_limit(framing: Framing, max_frame: usize) -> usize {
 
 /// Keeps a connection in its listener's registry for exactly as long as it is served.
 struct Registration {
-    hub: Arc<dyn Hub>,
+    hub: Arc<dyn Registry>,
     id: ConnectionId,
     /// The listener's `pier_connections_open`, decremented with the unregistration.
     open: prometheus::IntGauge,
@@ -358,7 +358,7 @@ struct Connection {
     /// The connection's id, passed to every plugin call.
     id: ConnectionId,
     /// The listener's registry (timers report back to it).
-    hub: Arc<dyn Hub>,
+    hub: Arc<dyn Registry>,
     /// How replies are framed.
     framing: Framing,
     /// Cuts incoming bytes into frames.

@@ -246,15 +246,11 @@ pub enum Control {
     CancelTimer(TimerId),
 }
 
-/// The registry operations the plugin API needs. Every method is non-blocking.
+/// What a plugin can do with its listener's connections: the WIT's `connections`,
+/// `attributes`, `groups`, `stats` and `timers` calls. Every method is non-blocking. This is the
+/// seam a registry spanning several processes replaces; the connection task's side is
+/// [`Registry`].
 pub trait Hub: Send + Sync {
-    /// Adds a connection; what is queued for it arrives on the returned [`Mailbox`].
-    fn register(&self, peer: PeerInfo) -> Mailbox;
-    /// Starts closing a connection: it leaves every group, disappears from `peers`, and sends
-    /// to it fail, but its attributes stay readable until `unregister` (for `on-close`).
-    fn begin_close(&self, id: ConnectionId);
-    /// Removes a connection and everything it had.
-    fn unregister(&self, id: ConnectionId);
     /// Queues a frame for one connection.
     fn send(&self, to: ConnectionId, frame: Bytes) -> Result<(), SendError>;
     /// Queues a frame for every connection but `except`; returns how many took it.
@@ -311,6 +307,18 @@ pub trait Hub: Send + Sync {
     ) -> Result<TimerId, TimerError>;
     /// Cancels a timer; false if it is not running.
     fn cancel_timer(&self, timer: TimerId) -> bool;
+}
+
+/// What only the connection tasks do: enter and leave the registry and report fired timers.
+/// Plugins never see these ([`Hub`] is their view).
+pub trait Registry: Hub {
+    /// Adds a connection; what is queued for it arrives on the returned [`Mailbox`].
+    fn register(&self, peer: PeerInfo) -> Mailbox;
+    /// Starts closing a connection: it leaves every group, disappears from `peers`, and sends
+    /// to it fail, but its attributes stay readable until `unregister` (for `on-close`).
+    fn begin_close(&self, id: ConnectionId);
+    /// Removes a connection and everything it had.
+    fn unregister(&self, id: ConnectionId);
     /// Called by the connection task when a one-shot timer has fired.
     fn timer_done(&self, id: ConnectionId, timer: TimerId);
 }
@@ -643,68 +651,6 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Hub for LocalHub {
-    fn register(&self, peer: PeerInfo) -> Mailbox {
-        let inbox = Arc::new(Inbox::new(self.full.budgets.clone()));
-        let counters = Arc::new(Counters::default());
-        let id = peer.id;
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-        self.write().insert(
-            id,
-            Entry {
-                peer,
-                accepted: Instant::now(),
-                inbox: inbox.clone(),
-                close_requested: AtomicBool::new(false),
-                counters: counters.clone(),
-                closing: AtomicBool::new(false),
-                attributes: Mutex::new(HashMap::new()),
-                groups: Mutex::new(HashSet::new()),
-                timers: Mutex::new(HashSet::new()),
-            },
-        );
-        Mailbox {
-            inbox,
-            meter: Meter {
-                conn: counters,
-                listener: self.totals.clone(),
-            },
-        }
-    }
-
-    fn begin_close(&self, id: ConnectionId) {
-        let groups = {
-            let entries = self.read();
-            let Some(entry) = entries.get(&id) else {
-                return;
-            };
-            entry.closing.store(true, Ordering::Relaxed);
-            std::mem::take(&mut *lock(&entry.groups))
-        };
-        self.remove_from_groups(id, &groups);
-        self.release_groups(&groups);
-    }
-
-    fn unregister(&self, id: ConnectionId) {
-        let Some(entry) = self.write().remove(&id) else {
-            return;
-        };
-        let groups = std::mem::take(&mut *lock(&entry.groups));
-        self.remove_from_groups(id, &groups);
-        self.release_groups(&groups);
-        let attribute_bytes: usize = lock(&entry.attributes)
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
-        self.budget(BudgetKind::AttributeBytes)
-            .release(attribute_bytes);
-        let timers = std::mem::take(&mut *lock(&entry.timers));
-        self.budget(BudgetKind::Timers).release(timers.len());
-        let mut owners = lock(&self.timer_owners);
-        for timer in timers {
-            owners.remove(&timer);
-        }
-    }
-
     fn send(&self, to: ConnectionId, frame: Bytes) -> Result<(), SendError> {
         if frame.len() > self.max_frame {
             return Err(SendError::FrameTooLarge);
@@ -969,6 +915,70 @@ impl Hub for LocalHub {
         }
         entry.control(Control::CancelTimer(timer));
         true
+    }
+}
+
+impl Registry for LocalHub {
+    fn register(&self, peer: PeerInfo) -> Mailbox {
+        let inbox = Arc::new(Inbox::new(self.full.budgets.clone()));
+        let counters = Arc::new(Counters::default());
+        let id = peer.id;
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.write().insert(
+            id,
+            Entry {
+                peer,
+                accepted: Instant::now(),
+                inbox: inbox.clone(),
+                close_requested: AtomicBool::new(false),
+                counters: counters.clone(),
+                closing: AtomicBool::new(false),
+                attributes: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashSet::new()),
+                timers: Mutex::new(HashSet::new()),
+            },
+        );
+        Mailbox {
+            inbox,
+            meter: Meter {
+                conn: counters,
+                listener: self.totals.clone(),
+            },
+        }
+    }
+
+    fn begin_close(&self, id: ConnectionId) {
+        let groups = {
+            let entries = self.read();
+            let Some(entry) = entries.get(&id) else {
+                return;
+            };
+            entry.closing.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *lock(&entry.groups))
+        };
+        self.remove_from_groups(id, &groups);
+        self.release_groups(&groups);
+    }
+
+    fn unregister(&self, id: ConnectionId) {
+        let Some(entry) = self.write().remove(&id) else {
+            return;
+        };
+        let groups = std::mem::take(&mut *lock(&entry.groups));
+        self.remove_from_groups(id, &groups);
+        self.release_groups(&groups);
+        let attribute_bytes: usize = lock(&entry.attributes)
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.budget(BudgetKind::AttributeBytes)
+            .release(attribute_bytes);
+        let timers = std::mem::take(&mut *lock(&entry.timers));
+        self.budget(BudgetKind::Timers).release(timers.len());
+        let mut owners = lock(&self.timer_owners);
+        for timer in timers {
+            owners.remove(&timer);
+        }
     }
 
     fn timer_done(&self, id: ConnectionId, timer: TimerId) {

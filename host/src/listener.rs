@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::Budgets;
 use crate::framing::Framing;
-use crate::hub::{Hub, LocalHub};
+use crate::hub::{LocalHub, Registry};
 use crate::limits::Limits;
 use crate::metrics::ListenerMetrics;
 use crate::runtime::context::ListenerContext;
@@ -61,7 +61,7 @@ pub struct ListenerShared {
     /// What the tenant may make the host hold; shared with its registry.
     pub budgets: Arc<Budgets>,
     /// The registry, also reachable from the plugin through `ctx`.
-    pub hub: Arc<dyn Hub>,
+    pub hub: Arc<dyn Registry>,
     /// What plugin instances of this listener are handed.
     pub ctx: Arc<ListenerContext>,
     /// TLS settings, on TLS listeners.
@@ -134,7 +134,7 @@ impl ListenerShared {
             limits.budgets,
             crate::budget::BudgetKind::ALL.map(|kind| metrics.budget_refused.counter(kind.name())),
         ));
-        let hub: Arc<dyn Hub> = Arc::new(
+        let hub: Arc<dyn Registry> = Arc::new(
             LocalHub::with_policy(limits.write_queue, settings.max_frame, limits.slow_consumer)
                 .counting_full_queues(metrics.queue_dropped.clone(), metrics.queue_closed.clone())
                 .with_budgets(limits.write_queue_bytes, budgets.clone()),

@@ -9,7 +9,7 @@
 //! - [`cache`]: compiled components on disk.
 //! - [`plugin`]: loading and checking a component against the world.
 //! - [`context`]: what a listener gives its plugin's instances.
-//! - [`host`]: the store data and the host side of the imported interfaces.
+//! - [`host`]: the store data and the host side of the imported interfaces, a file each.
 //! - [`instance`]: one worker's instance, calls with deadlines, fault recovery.
 //! - [`pool`]: one worker's instances per tenant, leased per call.
 //! - [`fair`]: how a worker's CPU is shared between tenants.
@@ -101,11 +101,7 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("cannot configure the WebAssembly engine")?;
         let mut linker = Linker::new(&engine);
-        bindings::Plugin::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(anyhow::Error::from)?;
+        host::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
         // Deny-by-default WASI for guests whose standard library imports it (`wasi`).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)

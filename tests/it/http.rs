@@ -2,10 +2,10 @@
 //! `http.client` and raw sockets: routes, keep-alive, pipelining, chunked bodies,
 //! `Connection: close`, and the requests the host refuses itself (400, 413, 431).
 
-mod common;
+use crate::support;
 
-use common::{Client, Options, TestServer, builtin_wasm};
 use pier::framing::Framing;
+use support::{Client, Options, TestServer, builtin_wasm};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -26,7 +26,7 @@ async fn response(client: &mut Client) -> Option<(u16, String, String)> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        match tokio::time::timeout(common::WAIT, client.stream.read(&mut byte))
+        match tokio::time::timeout(support::WAIT, client.stream.read(&mut byte))
             .await
             .ok()?
         {

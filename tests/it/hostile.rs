@@ -6,13 +6,13 @@
 //! or connection is refused or faulted and counted, what the host holds stays within the
 //! configured budget and goes back when the connection closes, and the neighbour is served.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{Client, Deployed, WAIT, eventually};
 use pier::budget::BudgetKind;
 use pier::runtime::FaultKind;
+use support::{Client, Deployed, WAIT, eventually};
 
 /// `hostile` (with `limits`) and `calm` (echo), both lines, on one worker.
 async fn tenants(test: &str, limits: &str) -> Deployed {
@@ -23,9 +23,9 @@ async fn tenants(test: &str, limits: &str) -> Deployed {
 /// labelled by listener name, so a test reading one must not share the name with tests running
 /// alongside.
 async fn tenants_named(test: &str, name: &str, limits: &str) -> Deployed {
-    let dir = common::scratch_dir(test);
+    let dir = support::scratch_dir(test);
     std::fs::copy(
-        common::guest_file("pier_hostile.wasm"),
+        support::guest_file("pier_hostile.wasm"),
         dir.join("hostile.wasm"),
     )
     .expect("copy the plugin");
@@ -64,7 +64,7 @@ async fn neighbour_is_served(pier: &Deployed, what: &str) {
     let line = format!("still here after {what}");
     assert_eq!(
         calm.ask(line.as_bytes()).await,
-        common::echoed(line.as_bytes()),
+        support::echoed(line.as_bytes()),
         "{what}"
     );
 }
@@ -313,7 +313,7 @@ async fn a_timer_storm_is_held_to_its_cpu_share_while_the_neighbour_has_work() {
             let line = format!("frame {asked}");
             assert_eq!(
                 calm.ask(line.as_bytes()).await,
-                common::echoed(line.as_bytes())
+                support::echoed(line.as_bytes())
             );
         }
         held_back.get() > 0
@@ -340,7 +340,7 @@ async fn a_cpu_share_of_100_percent_is_never_held_back() {
         let line = format!("frame {i}");
         assert_eq!(
             calm.ask(line.as_bytes()).await,
-            common::echoed(line.as_bytes())
+            support::echoed(line.as_bytes())
         );
     }
     assert_eq!(held_back.get(), 0);

@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "common/ports.rs"]
-mod ports;
-#[path = "common/served.rs"]
-mod served;
+use crate::support::ports;
+use crate::support::served;
 
 use served::{Served, WAIT, pier, tmp};
 

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "common/served.rs"]
-mod served;
+use crate::support::served;
 
 use served::{Served, WAIT, pier};
 

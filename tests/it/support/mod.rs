@@ -1,10 +1,12 @@
-//! Helpers shared by the integration tests: an in-process pier on 127.0.0.1:0 and framed
-//! clients over real sockets. Every wait is bounded so a broken server fails a test instead of
-//! hanging it.
+//! What the integration tests share: an in-process pier on 127.0.0.1:0 and framed clients over
+//! real sockets (here), the `pier` binary as a child process ([`served`]) and ports that must be
+//! known before anything listens on them ([`ports`]). Every wait is bounded so a broken server
+//! fails a test instead of hanging it.
 
 #![allow(dead_code)]
 
 pub mod ports;
+pub mod served;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -20,8 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Upper bound on any single wait in a test.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// Upper bound on any single wait in a test, in-process or of the binary: generous, because a
+/// passing test never waits for it and a busy 2-core CI machine is slow.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// How long [`eventually`] sleeps between two looks.
 pub const POLL: Duration = Duration::from_millis(10);

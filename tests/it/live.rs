@@ -2,8 +2,7 @@
 //! changed pier.toml, `--watch` picking up a rebuilt plugin, all while a client stays
 //! connected; and config mistakes refused before anything binds.
 
-#[path = "common/served.rs"]
-mod served;
+use crate::support::served;
 
 use served::{LineClient, Served, pier, tmp};
 use std::path::{Path, PathBuf};

@@ -3,8 +3,7 @@
 //! `/plugins`, `/connections` listing a TLS client's certificate subject, and `POST /reload`
 //! swapping a plugin under an open connection.
 
-#[path = "common/served.rs"]
-mod served;
+use crate::support::served;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

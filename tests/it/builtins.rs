@@ -4,13 +4,13 @@
 //! replaced after every call, which must change nothing a client can see (state is in the host).
 //! HTTP with curl and Python lives in `tests/http.rs`.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{Client, Options, TestServer, builtin_wasm};
 use pier::framing::Framing;
 use serde_json::{Value, json};
+use support::{Client, Options, TestServer, builtin_wasm};
 use tokio::io::AsyncWriteExt;
 
 async fn start(plugin: &str, framing: Framing, recycle_after: Option<u64>) -> TestServer {

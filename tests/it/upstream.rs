@@ -5,10 +5,8 @@
 //! requiring a client certificate, `not-granted`, the config check, `pier send --repeat` and
 //! the upstream metrics.
 
-#[path = "common/ports.rs"]
-mod ports;
-#[path = "common/served.rs"]
-mod served;
+use crate::support::ports;
+use crate::support::served;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

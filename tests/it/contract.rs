@@ -2,10 +2,10 @@
 //! refusals from `on-open`, every `connections` import (`send`, `broadcast`, `close`, `peers`,
 //! `lookup`), reply ordering, and `on-close` with the right reason.
 
-mod common;
+use crate::support;
 
-use common::{Client, Options, TestServer};
 use pier::framing::Framing;
+use support::{Client, Options, TestServer};
 use tokio::io::AsyncWriteExt;
 
 fn testkit_wasm() -> Vec<u8> {
@@ -140,7 +140,7 @@ async fn close_another_connection() {
         first == "closing" || first == "unknown-connection",
         "{first}"
     );
-    common::eventually("B to leave the registry", async || {
+    support::eventually("B to leave the registry", async || {
         let reply = ask(&mut a, &send_late).await;
         assert!(
             reply == "closing" || reply == "unknown-connection",

@@ -5,8 +5,7 @@
 //! The language tools are installed once into the test scratch folder and reused by later runs;
 //! compiled components are cached by pier the same way, so only the first run is slow.
 
-#[path = "common/served.rs"]
-mod served;
+use crate::support::served;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

@@ -1,12 +1,12 @@
 //! Framing over real loopback sockets: every framing, frames split and merged across writes,
 //! the frame limit, clients that vanish mid-frame, and many concurrent clients.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{Client, Options, TestServer, echo_wasm, echoed};
 use pier::framing::Framing;
+use support::{Client, Options, TestServer, echo_wasm, echoed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn opts(framing: Framing) -> Options {
@@ -23,7 +23,7 @@ async fn raw_framing_replies_in_one_write_to_a_plain_read() {
     client.write_raw(b"Hello TCP").await;
     // One read, like kn-sock's recv(1024): the whole reply must be there.
     let mut buf = [0u8; 1024];
-    let n = tokio::time::timeout(common::WAIT, client.stream.read(&mut buf))
+    let n = tokio::time::timeout(support::WAIT, client.stream.read(&mut buf))
         .await
         .unwrap()
         .unwrap();
@@ -246,14 +246,15 @@ async fn clients_beyond_max_connections_get_a_clean_close_and_others_keep_being_
     assert!(a.recv().await.is_none());
     // The slot frees once the server has seen `a` close, which is only eventually true: until
     // then `d` is refused cleanly (closed, never hanging), so try again.
-    let mut d = common::eventually_some("a slot to free after the first client left", async || {
-        let mut d = server.client().await;
-        d.send(b"d").await;
-        let reply = d.recv().await?;
-        assert_eq!(reply, b"Echo: d");
-        Some(d)
-    })
-    .await;
+    let mut d =
+        support::eventually_some("a slot to free after the first client left", async || {
+            let mut d = server.client().await;
+            d.send(b"d").await;
+            let reply = d.recv().await?;
+            assert_eq!(reply, b"Echo: d");
+            Some(d)
+        })
+        .await;
     assert_eq!(d.ask(b"again").await, b"Echo: again");
     assert_eq!(b.ask(b"b2").await, b"Echo: b2");
     server.stop().await;

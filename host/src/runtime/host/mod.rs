@@ -1,23 +1,28 @@
-//! The store data of a plugin instance and the host side of the interfaces it imports.
+//! The store data of a plugin instance, and the host side of the interfaces it imports: one file
+//! per WIT interface, each holding its `Host` impl, its error mapping and its linker
+//! registration ([`add_to_linker`]).
 //!
 //! Every host function validates what the guest passed and answers with the WIT's typed error;
 //! none of them can panic or block, so a guest can never take a worker thread down through them.
 
+mod attributes;
+mod clock;
+mod config;
+mod connections;
+mod groups;
+mod log;
+mod stats;
+mod timers;
+mod upstream;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-
-use super::bindings::pier::plugin::{
-    attributes, clock, config, connections, groups, log, stats, timers, types, upstream,
-};
-use super::bindings::{Level, Peer, SendError, TlsPeer};
+use super::bindings::pier::plugin::types;
+use super::bindings::{Peer, TlsPeer};
 use super::context::{ListenerContext, PluginConfig};
-use crate::hub::{self, ConnectionId, PeerInfo};
+use crate::hub::{ConnectionId, PeerInfo};
 use std::time::Duration;
-
-/// Longest guest log message kept; the rest is cut so a guest cannot flood the log with one call.
-const MAX_LOG_MESSAGE: usize = 4096;
 
 /// The data of one instance's `Store`.
 pub struct HostState {
@@ -278,277 +283,23 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn send_error(err: hub::SendError) -> SendError {
-    match err {
-        hub::SendError::UnknownConnection => SendError::UnknownConnection,
-        hub::SendError::Closing => SendError::Closing,
-        hub::SendError::FrameTooLarge => SendError::FrameTooLarge,
-        hub::SendError::QueueFull => SendError::QueueFull,
-    }
-}
-
 impl types::Host for HostState {}
 
-impl connections::Host for HostState {
-    fn send(&mut self, to: ConnectionId, frame: Vec<u8>) -> Result<(), SendError> {
-        let sent = self.ctx.hub.send(to, Bytes::from(frame));
-        if sent == Err(hub::SendError::QueueFull) {
-            self.refused_sends += 1;
-        }
-        sent.map_err(send_error)
-    }
-
-    fn broadcast(&mut self, frame: Vec<u8>, except: Option<ConnectionId>) -> u32 {
-        self.ctx.hub.broadcast(Bytes::from(frame), except)
-    }
-
-    fn close(&mut self, id: ConnectionId) -> bool {
-        self.ctx.hub.close(id)
-    }
-
-    fn peers(&mut self) -> Vec<Peer> {
-        self.ctx.hub.peers().iter().map(peer_record).collect()
-    }
-
-    fn lookup(&mut self, id: ConnectionId) -> Option<Peer> {
-        self.ctx.hub.lookup(id).as_ref().map(peer_record)
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn ms_since_epoch(t: std::time::SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
-}
-
-fn connection_stats(s: &hub::ConnectionStats) -> stats::ConnectionStats {
-    stats::ConnectionStats {
-        peer: peer_record(&s.peer),
-        age_ms: millis(s.age),
-        frames_in: s.frames_in,
-        frames_out: s.frames_out,
-        bytes_in: s.bytes_in,
-        bytes_out: s.bytes_out,
-    }
-}
-
-impl attributes::Host for HostState {
-    fn set(
-        &mut self,
-        id: ConnectionId,
-        key: String,
-        value: String,
-    ) -> Result<(), attributes::AttributeError> {
-        use attributes::AttributeError as E;
-        self.ctx
-            .hub
-            .set_attribute(id, &key, value)
-            .map_err(|e| match e {
-                hub::AttributeError::UnknownConnection => E::UnknownConnection,
-                hub::AttributeError::BadKey => E::BadKey,
-                hub::AttributeError::ValueTooLong => E::ValueTooLong,
-                hub::AttributeError::TooMany => E::TooMany,
-            })
-    }
-
-    fn get(&mut self, id: ConnectionId, key: String) -> Option<String> {
-        self.ctx.hub.attribute(id, &key)
-    }
-
-    fn remove(&mut self, id: ConnectionId, key: String) -> Option<String> {
-        self.ctx.hub.remove_attribute(id, &key)
-    }
-
-    fn all(&mut self, id: ConnectionId) -> Vec<(String, String)> {
-        self.ctx.hub.attributes(id)
-    }
-
-    fn find(&mut self, key: String, value: String) -> Vec<ConnectionId> {
-        self.ctx.hub.find_attribute(&key, &value)
-    }
-}
-
-impl groups::Host for HostState {
-    fn join(&mut self, id: ConnectionId, group: String) -> Result<(), groups::GroupError> {
-        use groups::GroupError as E;
-        self.ctx.hub.join(id, &group).map_err(|e| match e {
-            hub::GroupError::UnknownConnection => E::UnknownConnection,
-            hub::GroupError::BadName => E::BadName,
-            hub::GroupError::TooMany => E::TooMany,
-        })
-    }
-
-    fn leave(&mut self, id: ConnectionId, group: String) -> bool {
-        self.ctx.hub.leave(id, &group)
-    }
-
-    fn members(&mut self, group: String) -> Vec<ConnectionId> {
-        self.ctx.hub.members(&group)
-    }
-
-    fn groups_of(&mut self, id: ConnectionId) -> Vec<String> {
-        self.ctx.hub.groups_of(id)
-    }
-
-    fn send(&mut self, group: String, frame: Vec<u8>, except: Option<ConnectionId>) -> u32 {
-        self.ctx.hub.group_send(&group, Bytes::from(frame), except)
-    }
-}
-
-impl stats::Host for HostState {
-    fn listener(&mut self) -> stats::ListenerStats {
-        let s = self.ctx.hub.listener_stats();
-        stats::ListenerStats {
-            connected: s.connected,
-            accepted: s.accepted,
-            started_at_ms: ms_since_epoch(s.started_at),
-            uptime_ms: millis(s.uptime),
-            frames_in: s.frames_in,
-            frames_out: s.frames_out,
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-        }
-    }
-
-    fn connection(&mut self, id: ConnectionId) -> Option<stats::ConnectionStats> {
-        self.ctx
-            .hub
-            .connection_stats(id)
-            .as_ref()
-            .map(connection_stats)
-    }
-
-    fn connections(&mut self) -> Vec<stats::ConnectionStats> {
-        self.ctx
-            .hub
-            .all_connection_stats()
-            .iter()
-            .map(connection_stats)
-            .collect()
-    }
-}
-
-impl clock::Host for HostState {
-    fn now_ms(&mut self) -> u64 {
-        now_ms()
-    }
-}
-
-impl timers::Host for HostState {
-    fn start(
-        &mut self,
-        id: ConnectionId,
-        delay_ms: u64,
-        interval_ms: Option<u64>,
-    ) -> Result<timers::TimerId, timers::TimerError> {
-        use timers::TimerError as E;
-        if !self.has_timer_handler {
-            return Err(E::NoHandler);
-        }
-        self.ctx
-            .hub
-            .start_timer(
-                id,
-                Duration::from_millis(delay_ms),
-                interval_ms.map(Duration::from_millis),
-            )
-            .map_err(|e| match e {
-                hub::TimerError::UnknownConnection => E::UnknownConnection,
-                hub::TimerError::TooMany => E::TooMany,
-            })
-    }
-
-    fn cancel(&mut self, timer: timers::TimerId) -> bool {
-        self.ctx.hub.cancel_timer(timer)
-    }
-}
-
-impl config::Host for HostState {
-    fn get(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
-    }
-
-    fn all(&mut self) -> Vec<(String, String)> {
-        self.config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-}
-
-impl log::Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
-        if self.quiet {
-            return;
-        }
-        let message = truncate(&message, MAX_LOG_MESSAGE);
-        let listener = &*self.ctx.name;
-        let plugin = &*self.plugin;
-        let verdict = self.ctx.output.admit(message.len());
-        if !super::output::note_drops(&verdict, listener, plugin) {
-            return;
-        }
-        let conn = self.current;
-        match level {
-            Level::Trace => {
-                tracing::trace!(target: "pier::guest", listener, plugin, conn, "{message}")
-            }
-            Level::Debug => {
-                tracing::debug!(target: "pier::guest", listener, plugin, conn, "{message}")
-            }
-            Level::Info => {
-                tracing::info!(target: "pier::guest", listener, plugin, conn, "{message}")
-            }
-            Level::Warn => {
-                tracing::warn!(target: "pier::guest", listener, plugin, conn, "{message}")
-            }
-            Level::Error => {
-                tracing::error!(target: "pier::guest", listener, plugin, conn, "{message}")
-            }
-        }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-impl upstream::Host for HostState {
-    async fn request(
-        &mut self,
-        name: String,
-        frame: Vec<u8>,
-    ) -> Result<Vec<u8>, upstream::UpstreamError> {
-        use crate::upstream::UpstreamError as E;
-        use upstream::UpstreamError as W;
-        let Some(pool) = self.ctx.upstreams.get(&name) else {
-            return Err(W::NotGranted);
-        };
-        // The upstream's own `request_timeout` bounds this wait, not the call deadline.
-        let excuse = Excuse::begin(&self.excused);
-        let result = pool.request(Bytes::from(frame)).await;
-        drop(excuse);
-        self.resumed_from_wait = true;
-        match result {
-            Ok(reply) => Ok(reply.to_vec()),
-            Err(E::NotGranted) => Err(W::NotGranted),
-            Err(E::Unavailable) => Err(W::Unavailable),
-            Err(E::Timeout) => Err(W::Timeout),
-            Err(E::FrameTooLarge) => Err(W::FrameTooLarge),
-            Err(E::InvalidFrame) => Err(W::InvalidFrame),
-        }
-    }
-
-    fn granted(&mut self) -> Vec<String> {
-        self.ctx.upstreams.names()
-    }
+/// Registers every interface a plugin may import; what a plugin *may* use is decided per
+/// listener when it is loaded (`plugin`: worlds per granted capability), while the linker
+/// offers all of them.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<HostState>,
+) -> wasmtime::Result<()> {
+    type Data = wasmtime::component::HasSelf<HostState>;
+    types::add_to_linker::<HostState, Data>(linker, |s| s)?;
+    connections::add_to_linker(linker)?;
+    attributes::add_to_linker(linker)?;
+    groups::add_to_linker(linker)?;
+    stats::add_to_linker(linker)?;
+    clock::add_to_linker(linker)?;
+    timers::add_to_linker(linker)?;
+    config::add_to_linker(linker)?;
+    log::add_to_linker(linker)?;
+    upstream::add_to_linker(linker)
 }

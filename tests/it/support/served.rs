@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 /// The binary under test.
 pub const PIER: &str = env!("CARGO_BIN_EXE_pier");
-/// Upper bound on any wait.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub use super::WAIT;
 
 /// The tests' scratch folder.
 pub fn tmp() -> PathBuf {

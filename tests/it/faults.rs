@@ -2,11 +2,11 @@
 //! connection (the one whose frame caused it), and everyone else on the same worker — and so on
 //! the same, now recreated, instance — keeps being served.
 
-mod common;
+use crate::support;
 
-use common::{Options, TestServer, faulty_wasm};
 use pier::framing::Framing;
 use pier::runtime::FaultKind;
+use support::{Options, TestServer, faulty_wasm};
 
 async fn single_worker_server() -> TestServer {
     TestServer::start(
@@ -77,7 +77,7 @@ async fn repeated_faults_keep_being_recovered() {
         let msg = format!("round {round}");
         assert_eq!(
             bystander.ask(msg.as_bytes()).await,
-            common::echoed(msg.as_bytes())
+            support::echoed(msg.as_bytes())
         );
     }
     server.stop().await;
@@ -86,14 +86,14 @@ async fn repeated_faults_keep_being_recovered() {
 /// Two tenants in one process: `faulty` (the misbehaving plugin, 8 MiB of memory, a 200 ms call
 /// deadline) and `calm` (echo), on one worker so every fault hits the instance the bystanders
 /// also use.
-async fn two_tenants(test: &str) -> common::Deployed {
+async fn two_tenants(test: &str) -> support::Deployed {
     two_tenants_with_deadline(test, "200ms").await
 }
 
-async fn two_tenants_with_deadline(test: &str, deadline: &str) -> common::Deployed {
-    let dir = common::scratch_dir(test);
+async fn two_tenants_with_deadline(test: &str, deadline: &str) -> support::Deployed {
+    let dir = support::scratch_dir(test);
     std::fs::write(dir.join("faulty.wasm"), faulty_wasm()).expect("write the plugin");
-    common::Deployed::start(
+    support::Deployed::start(
         &dir,
         &r#"
 [server]
@@ -138,12 +138,12 @@ async fn each_fault_costs_one_connection_and_neither_tenant_notices() {
         let msg = format!("after {magic}");
         assert_eq!(
             neighbour.ask(msg.as_bytes()).await,
-            common::echoed(msg.as_bytes()),
+            support::echoed(msg.as_bytes()),
             "same tenant still served after `{magic}`"
         );
         assert_eq!(
             other_tenant.ask(msg.as_bytes()).await,
-            common::echoed(msg.as_bytes()),
+            support::echoed(msg.as_bytes()),
             "other tenant still served after `{magic}`"
         );
     }
@@ -184,7 +184,7 @@ async fn a_looping_guest_does_not_hold_up_its_worker() {
     offender.send(b"loop").await;
     // The connection task counts a frame just before it calls the guest with it, on the same
     // (only) worker thread: once `loop` is counted, the worker is running that call.
-    common::eventually("the loop frame to reach the guest", async || {
+    support::eventually("the loop frame to reach the guest", async || {
         faulty.hub.listener_stats().frames_in >= 2
     })
     .await;
@@ -198,11 +198,11 @@ async fn a_looping_guest_does_not_hold_up_its_worker() {
         let msg = format!("meanwhile {i}");
         assert_eq!(
             other_tenant.ask(msg.as_bytes()).await,
-            common::echoed(msg.as_bytes())
+            support::echoed(msg.as_bytes())
         );
         assert_eq!(
             neighbour.ask(msg.as_bytes()).await,
-            common::echoed(msg.as_bytes())
+            support::echoed(msg.as_bytes())
         );
         if !ended() {
             while_looping += 1;
@@ -216,7 +216,7 @@ async fn a_looping_guest_does_not_hold_up_its_worker() {
     // machine a 2 ms tick of running can take far longer than 2 ms, so allow for that (the
     // failure this guards against is a loop that is never ended, not one ended late).
     assert!(
-        offender.closed_by_server_within(common::WAIT * 6).await,
+        offender.closed_by_server_within(support::WAIT * 6).await,
         "the deadline still ends it ({while_looping} of 20 rounds answered while it ran)"
     );
     assert!(ended(), "ended by the deadline");

@@ -2,13 +2,13 @@
 //! connections per client address, the slow-consumer policy during a broadcast flood, and
 //! tenants that never see each other's connections.
 
-mod common;
+use crate::support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::{Client, Deployed, guest_file, scratch_dir};
 use pier::framing::Framing;
+use support::{Client, Deployed, guest_file, scratch_dir};
 use tokio::net::TcpSocket;
 
 /// A pier.toml with one listener `name` serving `plugin`, plus `limits` lines.
@@ -69,7 +69,7 @@ async fn idle_connections_are_closed_with_idle_timeout_and_busy_ones_are_not() {
     let mut i = 0;
     while !announced || started.elapsed() < Duration::from_secs(2) {
         assert!(
-            started.elapsed() < common::WAIT,
+            started.elapsed() < support::WAIT,
             "the idle client was never timed out"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -80,9 +80,9 @@ async fn idle_connections_are_closed_with_idle_timeout_and_busy_ones_are_not() {
             assert!(!announced, "announced twice");
             assert_eq!(reply, left.as_bytes());
             announced = true;
-            assert_eq!(busy.recv().await.unwrap(), common::echoed(msg.as_bytes()));
+            assert_eq!(busy.recv().await.unwrap(), support::echoed(msg.as_bytes()));
         } else {
-            assert_eq!(reply, common::echoed(msg.as_bytes()));
+            assert_eq!(reply, support::echoed(msg.as_bytes()));
         }
     }
     assert!(idle.closed_by_server().await, "the idle client was closed");
@@ -118,7 +118,7 @@ async fn connections_per_address_are_limited_per_client_address() {
     drop(a);
     // Once one closes, the address may connect again — once the server has noticed, which is
     // only eventually true; until then a new connection is refused cleanly.
-    common::eventually("a freed slot to be usable again", async || {
+    support::eventually("a freed slot to be usable again", async || {
         let mut again = connect_from(one, addr).await;
         again.send(b"again").await;
         again.recv().await.is_some()
@@ -152,7 +152,7 @@ async fn a_flood_of_new_connections_from_one_address_is_rate_limited() {
         c.send(msg.as_bytes()).await;
         match c.recv().await {
             Some(reply) => {
-                assert_eq!(reply, common::echoed(msg.as_bytes()));
+                assert_eq!(reply, support::echoed(msg.as_bytes()));
                 served += 1;
                 open.push(c);
             }
@@ -171,7 +171,7 @@ async fn a_flood_of_new_connections_from_one_address_is_rate_limited() {
     assert_eq!(calm.ask(b"calm").await, b"Echo: calm");
     assert_eq!(open[0].ask(b"still").await, b"Echo: still");
     // The bucket refills (at 5 a second): the flooder is eventually let in again.
-    common::eventually("the flooder to be admitted again", async || {
+    support::eventually("the flooder to be admitted again", async || {
         let mut later = connect_from(flooder, addr).await;
         later.send(b"later").await;
         match later.recv().await {

@@ -2,7 +2,7 @@
 //! pipelined traffic, refused replacements, guest state carried by `snapshot`/`restore`, and
 //! config reloads that add, change and remove listeners while clients stay connected.
 
-mod common;
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Deployed, WAIT, guest_file, scratch_dir};
+use support::{Deployed, WAIT, guest_file, scratch_dir};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -56,7 +56,7 @@ memory = "16MiB"
 /// Waits until `done()` holds, failing the test after three times `WAIT` (each client must
 /// see hundreds of replies, which takes longer on a busy machine).
 async fn until(what: &str, done: impl Fn() -> bool) {
-    common::eventually_within(what, WAIT * 3, async || done().then_some(())).await
+    support::eventually_within(what, WAIT * 3, async || done().then_some(())).await
 }
 
 /// What one traffic client saw.
@@ -259,7 +259,7 @@ async fn snapshot_and_restore_carry_guest_state_only_between_versions_that_expor
     assert_eq!(client.ask(b"c").await, b"v2 #3: c", "state carried to v2");
 
     // The echo plugin has no state-handler: the count is dropped, not forced on it.
-    install_bytes(&dir, &common::echo_wasm());
+    install_bytes(&dir, &support::echo_wasm());
     assert_eq!(pier.deployer.reload_files(&files).await.swapped, ["live"]);
     assert_eq!(client.ask(b"d").await, b"Echo: d");
     install(&dir, V1);
@@ -380,7 +380,7 @@ async fn a_config_reload_adds_a_listener_and_changes_another_plugin_while_client
 async fn a_changed_limit_restarts_the_listener_and_open_connections_carry_on() {
     let dir = scratch_dir("restart-listener");
     // A fixed port, so the restarted listener must rebind the address the old one held.
-    let port = common::ports::reserved_port();
+    let port = support::ports::reserved_port();
     let toml = |write_queue: usize| {
         format!(
             r#"
@@ -439,7 +439,7 @@ async fn a_plugin_asking_for_an_ungranted_capability_is_refused_naming_it() {
     let path = dir.join("pier.toml");
     std::fs::write(&path, one_listener(1)).unwrap();
     let config = pier::config::Config::load(&path).unwrap();
-    let runtime = common::runtime();
+    let runtime = support::runtime();
     let server = pier::server::Server::new(runtime.clone(), &Default::default()).unwrap();
     let deployer = pier::deploy::Deployer::new(runtime, server.clone(), config, Some(path));
     let err = format!("{:#}", deployer.start().await.expect_err("refused"));
@@ -453,7 +453,7 @@ async fn a_listener_that_could_not_start_is_started_by_the_next_reload() {
     install(&dir, V1);
     let pier = Deployed::start(&dir, &one_listener(1)).await;
     // Another process holds the port the new listener wants.
-    let port = common::ports::reserved_port();
+    let port = support::ports::reserved_port();
     let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let with_late = format!(
         "{}\n[[listener]]\nname = \"late\"\naddress = \"127.0.0.1:{port}\"\nplugin = \"echo\"\n\

@@ -1,0 +1,23 @@
+//! pier's integration tests, one binary for all of them (each test binary links wasmtime, and
+//! linking fourteen of them was most of the test build). One module per area; `support` holds
+//! the in-process server, the binary runner, ports and clients they share.
+//!
+//! Run one area with `cargo test --release --test it contract::`, one test by its name.
+
+mod support;
+
+mod admin;
+mod builtins;
+mod cli;
+mod contract;
+mod faults;
+mod framing;
+mod hostile;
+mod http;
+mod languages;
+mod limits;
+mod live;
+mod plugins;
+mod reload;
+mod tls;
+mod upstream;
