@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use pier::framing::Framing;
-use pier::listener::ListenerShared;
+use pier::net::framing::Framing;
+use pier::net::server::{self, ServerConfig};
 use pier::runtime::{Runtime, RuntimeConfig};
-use pier::server::{self, ServerConfig};
+use pier::tenant::listener::ListenerShared;
 
 /// Where to listen when neither an argument nor `$PIER_EMBED_ADDR` says.
 const DEFAULT_ADDR: &str = "127.0.0.1:7070";

@@ -11,9 +11,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pier::framing::Framing;
-use pier::listener::ListenerShared;
+use pier::net::framing::Framing;
 use pier::runtime::{PluginInstance, Runtime, RuntimeConfig};
+use pier::tenant::listener::ListenerShared;
 
 fn native_echo(frame: &[u8]) -> Option<Vec<u8>> {
     let mut reply = Vec::with_capacity(6 + frame.len());

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::framing::Framing;
+use crate::net::framing::Framing;
 
 /// A plugin shipped inside the binary.
 #[derive(Clone, Copy, Debug)]

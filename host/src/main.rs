@@ -1,5 +1,5 @@
-//! The `pier` binary; everything lives in the library (see `pier::cli`).
+//! The `pier` binary; everything lives in the library (see `pier::tools::cli`).
 
 fn main() -> std::process::ExitCode {
-    pier::cli::main()
+    pier::tools::cli::main()
 }

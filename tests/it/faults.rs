@@ -4,7 +4,7 @@
 
 use crate::support;
 
-use pier::framing::Framing;
+use pier::net::framing::Framing;
 use pier::runtime::FaultKind;
 use support::{Options, TestServer, faulty_wasm};
 

@@ -5,7 +5,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use pier::framing::Framing;
+use pier::net::framing::Framing;
 use support::{Client, Options, TestServer, echo_wasm, echoed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

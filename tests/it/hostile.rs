@@ -10,8 +10,8 @@ use crate::support;
 
 use std::time::Duration;
 
-use pier::budget::BudgetKind;
 use pier::runtime::FaultKind;
+use pier::tenant::budget::BudgetKind;
 use support::{Client, Deployed, WAIT, eventually};
 
 /// `hostile` (with `limits`) and `calm` (echo), both lines, on one worker.
@@ -69,11 +69,14 @@ async fn neighbour_is_served(pier: &Deployed, what: &str) {
     );
 }
 
-fn hostile(pier: &Deployed) -> std::sync::Arc<pier::listener::ListenerShared> {
+fn hostile(pier: &Deployed) -> std::sync::Arc<pier::tenant::listener::ListenerShared> {
     hostile_named(pier, "hostile")
 }
 
-fn hostile_named(pier: &Deployed, name: &str) -> std::sync::Arc<pier::listener::ListenerShared> {
+fn hostile_named(
+    pier: &Deployed,
+    name: &str,
+) -> std::sync::Arc<pier::tenant::listener::ListenerShared> {
     pier.deployer
         .server()
         .listener(name)

@@ -215,7 +215,7 @@ fn damaged_or_foreign_cache_artifacts_are_recompiled_never_run() {
 
 #[tokio::test]
 async fn truncating_a_cache_artifact_under_a_running_plugin_does_not_crash_it() {
-    use pier::framing::Framing;
+    use pier::net::framing::Framing;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugins-cache-truncate");
     let _ = std::fs::remove_dir_all(&dir);
     let echo = pier::builtin::find("echo").unwrap().wasm;
@@ -236,16 +236,17 @@ async fn truncating_a_cache_artifact_under_a_running_plugin_does_not_crash_it() 
         .unwrap()
         .set_len(0)
         .unwrap();
-    let shared = pier::listener::ListenerShared::new("t", Framing::Lines, 1 << 20, 64, plugin);
+    let shared =
+        pier::tenant::listener::ListenerShared::new("t", Framing::Lines, 1 << 20, 64, plugin);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = pier::server::ServerConfig {
+    let config = pier::net::server::ServerConfig {
         max_connections: 16,
         workers: 1,
         drain_timeout: std::time::Duration::from_secs(5),
     };
-    let task = tokio::spawn(pier::server::run(
+    let task = tokio::spawn(pier::net::server::run(
         listener,
         shared,
         runtime,

@@ -15,11 +15,11 @@ pub struct ListenerContext {
     /// The listener's name, on every log line.
     pub name: Arc<str>,
     /// The listener's connections.
-    pub hub: Arc<dyn crate::hub::Hub>,
+    pub hub: Arc<dyn crate::tenant::hub::Hub>,
     /// Faults of the listener's plugin, by kind.
     pub faults: super::fault::FaultCounts,
     /// The listener's metrics (instances alive; versions' metrics hang off the slot).
-    pub metrics: Arc<crate::metrics::ListenerMetrics>,
+    pub metrics: Arc<crate::ops::metrics::ListenerMetrics>,
     /// The upstreams the listener grants its plugin.
     pub upstreams: crate::upstream::GrantSlot,
     /// The rate limit on the plugin's log lines and stdout/stderr.

@@ -22,8 +22,8 @@ use super::fault::FaultKind;
 use super::host::{Excuse, ExcusedTime, HostState};
 use super::plugin::{LoadedPlugin, OnFrames, OnTimer, Restore, Snapshot};
 use super::slot::{Deployment, PluginSlot};
-use crate::hub::ConnectionId;
 use crate::limits::InstanceLimits;
+use crate::tenant::hub::ConnectionId;
 use wasmtime::component::Func;
 
 /// A failed guest call; the instance has already been discarded.

@@ -71,7 +71,7 @@ impl OutputRate {
         Self::new(
             DEFAULT_RATE,
             DEFAULT_BURST,
-            crate::metrics::detached_counter(),
+            crate::ops::metrics::detached_counter(),
         )
     }
 
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_flood_is_cut_to_the_rate_and_the_drops_are_reported_once() {
-        let rate = OutputRate::new(1000, 2000, crate::metrics::detached_counter());
+        let rate = OutputRate::new(1000, 2000, crate::ops::metrics::detached_counter());
         let start = Instant::now();
         let mut logged = 0;
         for _ in 0..100 {

@@ -15,7 +15,7 @@ use super::Runtime;
 use super::bindings::PluginPre;
 use super::context::ListenerContext;
 use super::host::HostState;
-use crate::hub::LocalHub;
+use crate::tenant::hub::LocalHub;
 
 /// The package whose interfaces pier provides and expects.
 const PACKAGE: &str = "pier:plugin/";
@@ -215,7 +215,7 @@ impl Runtime {
             name: Arc::from("check"),
             hub: Arc::new(LocalHub::new(1, 0)),
             faults: Default::default(),
-            metrics: crate::metrics::ListenerMetrics::detached(),
+            metrics: crate::ops::metrics::ListenerMetrics::detached(),
             upstreams: Default::default(),
             output: Arc::new(super::output::OutputRate::detached()),
         });

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use super::LoadedPlugin;
-use crate::metrics::{ListenerMetrics, VersionMetrics};
+use crate::ops::metrics::{ListenerMetrics, VersionMetrics};
 
 /// One version of a listener's plugin together with its configuration.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 pub use self::pool::{Pool, UpstreamError};
-use crate::framing::Framing;
+use crate::net::framing::Framing;
 
 /// One `[[upstream]]`, validated.
 #[derive(Clone, Debug, PartialEq)]

@@ -34,8 +34,8 @@ use tracing::{debug, warn};
 
 use super::UpstreamSpec;
 use super::socket::Socket;
-use crate::framing::{FrameDecoder, Framing};
-use crate::metrics::UpstreamMetrics;
+use crate::net::framing::{FrameDecoder, Framing};
+use crate::ops::metrics::UpstreamMetrics;
 
 /// How long an address that refused a connection is skipped (while another is available).
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
@@ -191,7 +191,7 @@ impl Pool {
             let tls = match &spec.tls {
                 None => None,
                 Some(tls) => {
-                    let args = crate::tls::client::ClientTlsArgs {
+                    let args = crate::net::tls::client::ClientTlsArgs {
                         tls: true,
                         ca: tls.ca.clone(),
                         cert: tls.cert.clone(),
@@ -504,7 +504,7 @@ impl Conn {
                 }
                 Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {}
-                Err(crate::framing::FrameError::TooLarge { .. }) => {
+                Err(crate::net::framing::FrameError::TooLarge { .. }) => {
                     return Err(Exchange::Failed(UpstreamError::FrameTooLarge));
                 }
                 Err(_) => return Err(Exchange::Failed(UpstreamError::Unavailable)),

@@ -13,10 +13,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pier::framing::Framing;
-use pier::listener::ListenerShared;
+use pier::net::framing::Framing;
+use pier::net::server::{self, ServerConfig};
 use pier::runtime::{Runtime, RuntimeConfig};
-use pier::server::{self, ServerConfig};
+use pier::tenant::listener::ListenerShared;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -306,7 +306,7 @@ impl Deployed {
     pub async fn start(dir: &std::path::Path, toml: &str) -> Deployed {
         let path = dir.join("pier.toml");
         std::fs::write(&path, toml).expect("write pier.toml");
-        let config = pier::config::Config::load(&path).expect("valid pier.toml");
+        let config = pier::deploy::config::Config::load(&path).expect("valid pier.toml");
         // Like `pier serve --config`: the instance pool's slots fit the largest memory limit.
         let runtime = Runtime::new(RuntimeConfig {
             memory_limit: config.largest_memory(),
@@ -318,7 +318,7 @@ impl Deployed {
             recycle_after: None,
         })
         .expect("runtime");
-        let server = pier::server::Server::new(
+        let server = pier::net::server::Server::new(
             runtime.clone(),
             &ServerConfig {
                 max_connections: 10_000,

@@ -4,8 +4,8 @@
 use wasmtime::component::{HasSelf, Linker};
 
 use super::HostState;
-use crate::hub::{self, ConnectionId};
 use crate::runtime::bindings::pier::plugin::attributes;
+use crate::tenant::hub::{self, ConnectionId};
 
 impl attributes::Host for HostState {
     fn set(

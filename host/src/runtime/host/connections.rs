@@ -5,9 +5,9 @@ use bytes::Bytes;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{HostState, peer_record};
-use crate::hub::{self, ConnectionId};
 use crate::runtime::bindings::pier::plugin::connections;
 use crate::runtime::bindings::{Peer, SendError};
+use crate::tenant::hub::{self, ConnectionId};
 
 fn send_error(err: hub::SendError) -> SendError {
     match err {

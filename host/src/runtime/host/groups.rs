@@ -4,8 +4,8 @@ use bytes::Bytes;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::HostState;
-use crate::hub::{self, ConnectionId};
 use crate::runtime::bindings::pier::plugin::groups;
+use crate::tenant::hub::{self, ConnectionId};
 
 impl groups::Host for HostState {
     fn join(&mut self, id: ConnectionId, group: String) -> Result<(), groups::GroupError> {

@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::bindings::pier::plugin::types;
 use super::bindings::{Peer, TlsPeer};
 use super::context::{ListenerContext, PluginConfig};
-use crate::hub::{ConnectionId, PeerInfo};
+use crate::tenant::hub::{ConnectionId, PeerInfo};
 use std::time::Duration;
 
 /// The data of one instance's `Store`.

@@ -5,8 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{HostState, peer_record};
-use crate::hub::{self, ConnectionId};
 use crate::runtime::bindings::pier::plugin::stats;
+use crate::tenant::hub::{self, ConnectionId};
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

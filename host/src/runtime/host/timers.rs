@@ -6,8 +6,8 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::HostState;
-use crate::hub::{self, ConnectionId};
 use crate::runtime::bindings::pier::plugin::timers;
+use crate::tenant::hub::{self, ConnectionId};
 
 impl timers::Host for HostState {
     fn start(

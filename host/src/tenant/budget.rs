@@ -136,7 +136,7 @@ impl Budgets {
     pub fn detached(limits: BudgetLimits) -> Self {
         Self::new(
             limits,
-            std::array::from_fn(|_| crate::metrics::detached_counter()),
+            std::array::from_fn(|_| crate::ops::metrics::detached_counter()),
         )
     }
 
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn charges_past_the_limit_are_refused_and_counted() {
-        let budget = Budget::new(10, crate::metrics::detached_counter());
+        let budget = Budget::new(10, crate::ops::metrics::detached_counter());
         assert!(budget.try_charge(6));
         assert!(!budget.try_charge(5));
         assert_eq!(budget.used(), 6, "a refused charge leaves nothing behind");

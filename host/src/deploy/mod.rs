@@ -1,4 +1,5 @@
-//! Turning a [`Config`] into running listeners, and changing them while they serve: config
+//! pier.toml ([`config`], with `${NAME}` substitution from the environment: [`envsubst`]) and
+//! turning a [`Config`] into running listeners, and changing them while they serve: config
 //! reloads (SIGHUP, `pier reload`), plugin file changes (notify) and hot swaps.
 //!
 //! Everything that can fail — reading and compiling plugins, checking them, loading TLS
@@ -14,6 +15,9 @@
 //!
 //! [`PluginSlot`]: crate::runtime::PluginSlot
 
+pub mod config;
+pub mod envsubst;
+
 use crate::sys::lock;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -26,11 +30,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ListenerSpec, PluginRef};
-use crate::listener::{ListenerSettings, ListenerShared};
+use crate::deploy::config::{Config, ListenerSpec, PluginRef};
+use crate::net::server::Server;
+use crate::net::tls::TlsListener;
 use crate::runtime::{LoadedPlugin, Runtime};
-use crate::server::Server;
-use crate::tls::TlsListener;
+use crate::tenant::listener::{ListenerSettings, ListenerShared};
 use crate::upstream::{Grants, Pool};
 
 /// How long file events are collected before a reload, so an editor's write-rename-chmod
@@ -124,7 +128,7 @@ impl Deployer {
     /// and applies the differences.
     pub async fn reload(&self) -> Result<ReloadReport> {
         let result = self.reread_and_apply().await;
-        crate::metrics::config_reload(result.is_ok());
+        crate::ops::metrics::config_reload(result.is_ok());
         result
     }
 
@@ -170,7 +174,7 @@ impl Deployer {
                     match self.prepare_swap(spec).await {
                         Ok(swaps) => Plan::Swap(swaps, grants(spec, &pools)),
                         Err(err) => {
-                            crate::metrics::plugin_reload(&spec.name, false);
+                            crate::ops::metrics::plugin_reload(&spec.name, false);
                             return Err(err);
                         }
                     }
@@ -276,7 +280,7 @@ impl Deployer {
                     }
                 }
                 Err(err) => {
-                    crate::metrics::plugin_reload(&spec.name, false);
+                    crate::ops::metrics::plugin_reload(&spec.name, false);
                     error!(
                         listener = %spec.name,
                         "reload refused, the old version keeps serving: {err:#}"
@@ -471,7 +475,7 @@ impl Swap {
         }
         let started = Instant::now();
         let generation = target.slot.swap(self.plugin.clone(), self.config);
-        crate::metrics::plugin_reload(&target.name, true);
+        crate::ops::metrics::plugin_reload(&target.name, true);
         info!(
             listener = %target.name,
             from = %format!("{}@{}", current.plugin.name, current.plugin.version),

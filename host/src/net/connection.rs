@@ -21,18 +21,20 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::admission::Admitted;
-use crate::budget::{BudgetKind, Budgets};
-use crate::framing::{FrameDecoder, Framing};
-use crate::hub::{ConnectionId, Control, Delivery, Mailbox, PeerInfo, Registry, Tally, TimerId};
-use crate::listener::ListenerShared;
-use crate::metrics::ListenerMetrics;
+use crate::net::admission::Admitted;
+use crate::net::framing::{FrameDecoder, Framing};
+use crate::net::tls::{TlsInfo, TlsListener};
+use crate::net::transport::Transport;
+use crate::ops::metrics::ListenerMetrics;
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
 use crate::runtime::pool::{Instances, TenantInstances};
 use crate::runtime::{Deployment, Fault, FaultKind, PluginSlot};
-use crate::tls::{TlsInfo, TlsListener};
-use crate::transport::Transport;
+use crate::tenant::budget::{BudgetKind, Budgets};
+use crate::tenant::hub::{
+    ConnectionId, Control, Delivery, Mailbox, PeerInfo, Registry, Tally, TimerId,
+};
+use crate::tenant::listener::ListenerShared;
 
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
 /// answered, a client that keeps streaming cannot hold shutdown up.
@@ -226,12 +228,12 @@ async fn handshake(
     let timeout = tls.handshake_timeout();
     match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
         Ok(Ok(stream)) => {
-            let info = crate::tls::peer_identity(stream.get_ref().1);
+            let info = crate::net::tls::peer_identity(stream.get_ref().1);
             Some((stream, info))
         }
         Ok(Err(err)) => {
             tls.failed();
-            let reason = crate::tls::failure_reason(&err);
+            let reason = crate::net::tls::failure_reason(&err);
             metrics.tls_failure(reason);
             warn!(reason, "TLS handshake failed: {err}");
             None
@@ -253,7 +255,7 @@ async fn handshake(
 /// request-head limit, as requests may.
 fn reply_limit(framing: Framing, max_frame: usize) -> usize {
     match framing {
-        Framing::Http => max_frame.saturating_add(crate::framing::http::MAX_HEAD),
+        Framing::Http => max_frame.saturating_add(crate::net::framing::http::MAX_HEAD),
         _ => max_frame,
     }
 }
@@ -511,7 +513,7 @@ impl Connection {
             "closing: a frame was still incomplete {after:?} after its first byte"
         );
         if self.framing == Framing::Http {
-            let reply = crate::framing::http::error_response(
+            let reply = crate::net::framing::http::error_response(
                 408,
                 &format!("request not complete within {after:?}"),
             );
@@ -759,7 +761,7 @@ impl Connection {
         }
         if self.framing == Framing::Http
             && self.closing.is_none()
-            && crate::framing::http::response_closes(frame)
+            && crate::net::framing::http::response_closes(frame)
         {
             self.closing = Some(CloseReason::PluginClosed);
         }
@@ -912,8 +914,8 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::Admission;
     use crate::limits::Limits;
+    use crate::net::admission::Admission;
     use crate::runtime::{Runtime, RuntimeConfig};
 
     /// Every open connection holds its task for its whole life, idle or not, and a future is as

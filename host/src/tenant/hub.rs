@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use prometheus::IntCounter;
 
-use crate::budget::{BudgetKind, Budgets};
+use crate::tenant::budget::{BudgetKind, Budgets};
 use tokio::sync::Notify;
 
 /// Identifies a connection; unique for the process lifetime and never reused. Handed out per
@@ -54,7 +54,7 @@ pub struct PeerInfo {
     pub connected_at: SystemTime,
     /// What the TLS handshake established, on TLS listeners (boxed: most peers have none,
     /// and this record is kept for every connection).
-    pub tls: Option<Box<crate::tls::TlsInfo>>,
+    pub tls: Option<Box<crate::net::tls::TlsInfo>>,
 }
 
 /// Frame and byte counters, for one connection or a whole listener.
@@ -578,8 +578,8 @@ impl LocalHub {
                 bytes: crate::limits::DEFAULT_WRITE_QUEUE_BYTES,
                 budgets: Arc::new(Budgets::default()),
                 policy: slow_consumer,
-                dropped: crate::metrics::detached_counter(),
-                closed: crate::metrics::detached_counter(),
+                dropped: crate::ops::metrics::detached_counter(),
+                closed: crate::ops::metrics::detached_counter(),
             },
             entries: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
@@ -608,7 +608,7 @@ impl LocalHub {
         self
     }
 
-    fn budget(&self, kind: BudgetKind) -> &crate::budget::Budget {
+    fn budget(&self, kind: BudgetKind) -> &crate::tenant::budget::Budget {
         self.full.budgets.of(kind)
     }
 

@@ -1,6 +1,6 @@
 //! The admin listener: what an operator (or Prometheus) asks a running pier.
 //!
-//! - `GET /metrics`: every metric in the Prometheus text format ([`crate::metrics`]).
+//! - `GET /metrics`: every metric in the Prometheus text format ([`crate::ops::metrics`]).
 //! - `GET /healthz`: `ok` while pier serves.
 //! - `GET /plugins`: JSON, one entry per listener and SNI route: plugin, version, when it was
 //!   deployed, instances alive, faults by kind.
@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::deploy::Deployer;
-use crate::listener::ListenerShared;
 use crate::runtime::FaultKind;
+use crate::tenant::listener::ListenerShared;
 
 /// Binds `addr` and serves the admin endpoints until `stop` is cancelled. Returns the bound
 /// address once listening.
@@ -80,10 +80,12 @@ pub async fn serve(listener: TcpListener, deployer: Arc<Deployer>, stop: Cancell
 }
 
 async fn metrics() -> Response {
-    match off_the_runtime(crate::metrics::encode).await {
-        Ok(Ok(text)) => {
-            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
-        }
+    match off_the_runtime(crate::ops::metrics::encode).await {
+        Ok(Ok(text)) => (
+            [(header::CONTENT_TYPE, crate::ops::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
         Ok(Err(err)) | Err(err) => {
             error!("cannot encode metrics: {err:#}");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")).into_response()

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::framing::{FrameError, Framing};
+use crate::net::framing::{FrameError, Framing};
 
 /// Why `pier send` got no reply.
 #[derive(Debug, thiserror::Error)]
@@ -339,7 +339,7 @@ pub struct Repeat<'a> {
     /// How many at once (and so pooled connections at most).
     pub concurrency: u64,
     /// TLS options.
-    pub tls: &'a crate::tls::client::ClientTlsArgs,
+    pub tls: &'a crate::net::tls::client::ClientTlsArgs,
 }
 
 /// What a repeated send did.

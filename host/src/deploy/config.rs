@@ -15,10 +15,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
 use crate::builtin;
-use crate::framing::Framing;
 use crate::limits::{DEFAULT_WRITE_QUEUE, InstanceLimits, Limits, SlowConsumer};
+use crate::net::framing::Framing;
+use crate::net::tls::{SniCert, TlsOptions};
 use crate::runtime::PluginConfig;
-use crate::tls::{SniCert, TlsOptions};
 use crate::upstream::{UpstreamSpec, UpstreamTls};
 
 /// Defaults that apply when pier.toml does not say.
@@ -390,9 +390,9 @@ impl Config {
     }
 
     /// Validates `text` as if read from `path`, after expanding `${NAME}` and
-    /// `${NAME:-default}` from the environment ([`crate::envsubst`]).
+    /// `${NAME:-default}` from the environment ([`crate::deploy::envsubst`]).
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let text = crate::envsubst::expand(text)?;
+        let text = crate::deploy::envsubst::expand(text)?;
         let raw: RawConfig = toml::from_str(&text).map_err(|e| toml_error(&text, &e))?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let server = ServerSection {
@@ -836,7 +836,7 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let text = include_str!("../../examples/pier.toml");
+        let text = include_str!("../../../examples/pier.toml");
         let config = Config::parse(text, Path::new("examples/pier.toml")).expect("valid");
         assert_eq!(config.listeners.len(), 5);
         assert_eq!(config.upstreams.len(), 1);

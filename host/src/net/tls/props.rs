@@ -36,7 +36,9 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 
 use super::{SniCert, TlsOptions, certgen, load_certs, load_key, load_roots, server_config};
-use crate::framing::props::{Split, config, config_scaled, mutate, mutations, read_sizes, split};
+use crate::net::framing::props::{
+    Split, config, config_scaled, mutate, mutations, read_sizes, split,
+};
 
 // ----- Measuring what the connection holds -----
 

@@ -19,9 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::client::ClientIo;
+use crate::tools::client::ClientIo;
 
-use crate::framing::Framing;
+use crate::net::framing::Framing;
 
 /// What a run does.
 #[derive(Clone)]

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, Job};
+use crate::net::connection::{self, Job};
 use crate::runtime::Runtime;
 use crate::runtime::pool::Instances;
 

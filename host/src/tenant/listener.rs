@@ -1,5 +1,5 @@
 //! What a listener serves: its name, framing and limits, plugin slot and connection registry.
-//! The accept loop lives in [`crate::server`]; this is the shared description every connection
+//! The accept loop lives in [`crate::net::server`]; this is the shared description every connection
 //! task of the listener reads.
 //!
 //! A listener is one tenant: its registry, groups and broadcasts reach only its own connections.
@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::Budgets;
-use crate::framing::Framing;
-use crate::hub::{LocalHub, Registry};
 use crate::limits::Limits;
-use crate::metrics::ListenerMetrics;
+use crate::net::framing::Framing;
+use crate::net::tls::TlsListener;
+use crate::ops::metrics::ListenerMetrics;
 use crate::runtime::context::ListenerContext;
 use crate::runtime::{LoadedPlugin, PluginConfig, PluginSlot};
-use crate::tls::TlsListener;
+use crate::tenant::budget::Budgets;
+use crate::tenant::hub::{LocalHub, Registry};
 
 /// Bits of a connection id that number the connections of one tenant (2^40, a trillion, per
 /// listener instance); the bits above hold the listener's id.
@@ -125,14 +125,15 @@ impl ListenerShared {
         let limits = settings.limits;
         let metrics = ListenerMetrics::new(
             &name,
-            crate::metrics::ListenerLabels {
-                refusals: crate::admission::Refused::NAMES,
-                budgets: crate::budget::BudgetKind::NAMES,
+            crate::ops::metrics::ListenerLabels {
+                refusals: crate::net::admission::Refused::NAMES,
+                budgets: crate::tenant::budget::BudgetKind::NAMES,
             },
         );
         let budgets = Arc::new(Budgets::new(
             limits.budgets,
-            crate::budget::BudgetKind::ALL.map(|kind| metrics.budget_refused.counter(kind.name())),
+            crate::tenant::budget::BudgetKind::ALL
+                .map(|kind| metrics.budget_refused.counter(kind.name())),
         ));
         let hub: Arc<dyn Registry> = Arc::new(
             LocalHub::with_policy(limits.write_queue, settings.max_frame, limits.slow_consumer)
@@ -184,7 +185,7 @@ impl ListenerShared {
     /// process and never reused (listener ids are never reused either), never 0, and a plugin
     /// that counts its own ids learns nothing about how busy other tenants are — with one
     /// process-wide counter, the gaps between its ids were other tenants' connections.
-    pub fn next_connection_id(&self) -> crate::hub::ConnectionId {
+    pub fn next_connection_id(&self) -> crate::tenant::hub::ConnectionId {
         let seq = self.next_connection.fetch_add(1, Ordering::Relaxed) & CONNECTION_SEQ_MASK;
         (self.id << CONNECTION_SEQ_BITS) | seq
     }

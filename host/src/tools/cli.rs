@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{Config, ListenerSpec, PluginRef, ServerSection};
 use crate::deploy::Deployer;
-use crate::framing::Framing;
+use crate::deploy::config::{Config, ListenerSpec, PluginRef, ServerSection};
 use crate::limits::{DEFAULT_WRITE_QUEUE, InstanceLimits, Limits};
+use crate::net::framing::Framing;
+use crate::net::server::{Server, ServerConfig};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::server::{Server, ServerConfig};
 
 /// pier: a TCP server whose message handlers are sandboxed WebAssembly components.
 #[derive(Parser, Debug)]
@@ -62,9 +62,9 @@ pub enum Command {
     New(NewArgs),
     /// Load a server with frames and report round trips/s, latency and server CPU; with
     /// `--compare`, pier against the native baseline in the same run.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
     /// Run the native (no WebAssembly) echo server that benchmarks compare pier with.
-    Baseline(crate::bench::BaselineArgs),
+    Baseline(crate::tools::bench::BaselineArgs),
     /// Test certificates.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -95,7 +95,7 @@ pub struct NewArgs {
 
     /// The language to write it in.
     #[arg(long, value_enum, default_value = "rust")]
-    pub lang: crate::scaffold::Lang,
+    pub lang: crate::tools::scaffold::Lang,
 
     /// Where to create the project (default: ./NAME). Must not exist or be empty.
     #[arg(long)]
@@ -226,7 +226,7 @@ pub struct ServeArgs {
     /// An extra certificate for clients asking for NAME with SNI: `NAME,CERT.pem,KEY.pem`
     /// (repeatable). Others get --tls-cert.
     #[arg(long, requires = "tls_cert")]
-    pub sni: Vec<crate::tls::SniCert>,
+    pub sni: Vec<crate::net::tls::SniCert>,
 }
 
 /// `pier reload`.
@@ -292,7 +292,7 @@ pub struct SendArgs {
 
     /// TLS options.
     #[command(flatten)]
-    pub tls: crate::tls::client::ClientTlsArgs,
+    pub tls: crate::net::tls::client::ClientTlsArgs,
 }
 
 /// `pier check`.
@@ -302,7 +302,7 @@ pub struct CheckArgs {
     pub plugin: String,
 }
 
-use crate::config::parse_size;
+use crate::deploy::config::parse_size;
 
 /// Entry point of the binary: runs the command and turns an error into one stderr line.
 pub fn main() -> std::process::ExitCode {
@@ -314,8 +314,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Send(args) => send(args),
         Command::Check(args) => check(args),
         Command::New(args) => new_plugin(args),
-        Command::Bench(args) => crate::bench::bench_main(args),
-        Command::Baseline(args) => crate::bench::baseline_main(args),
+        Command::Bench(args) => crate::tools::bench::bench_main(args),
+        Command::Baseline(args) => crate::tools::bench::baseline_main(args),
         Command::Cert(CertCommand::Generate { out, hosts, days }) => {
             cert_generate(&out, &hosts, days)
         }
@@ -418,7 +418,7 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
         .context("cannot start the async runtime")?
         .block_on(resolve(&args.listen))?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::TlsOptions {
+        (Some(cert), Some(key)) => Some(crate::net::tls::TlsOptions {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: args.client_ca.clone(),
@@ -440,10 +440,10 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
             addresses: args.upstream.clone(),
             framing,
             max_frame: args.max_frame,
-            max_size: crate::config::defaults::UPSTREAM_MAX_SIZE,
-            idle_timeout: crate::config::defaults::UPSTREAM_IDLE_TIMEOUT,
-            connect_timeout: crate::config::defaults::UPSTREAM_CONNECT_TIMEOUT,
-            request_timeout: crate::config::defaults::UPSTREAM_REQUEST_TIMEOUT,
+            max_size: crate::deploy::config::defaults::UPSTREAM_MAX_SIZE,
+            idle_timeout: crate::deploy::config::defaults::UPSTREAM_IDLE_TIMEOUT,
+            connect_timeout: crate::deploy::config::defaults::UPSTREAM_CONNECT_TIMEOUT,
+            request_timeout: crate::deploy::config::defaults::UPSTREAM_REQUEST_TIMEOUT,
             tls: None,
         }]
     };
@@ -534,7 +534,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
         let stop_admin = tokio_util::sync::CancellationToken::new();
         if let Some(listener) = admin_listener {
-            match crate::admin::spawn(listener, deployer.clone(), stop_admin.clone()) {
+            match crate::ops::admin::spawn(listener, deployer.clone(), stop_admin.clone()) {
                 Ok(bound) => eprintln!("pier: admin on {bound}"),
                 Err(err) => {
                     server.shutdown().await;
@@ -574,7 +574,7 @@ async fn resolve(listen: &str) -> Result<SocketAddr> {
 
 fn new_plugin(args: NewArgs) -> Result<()> {
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
-    let (build, wasm) = crate::scaffold::create(&args.name, args.lang, &dir)?;
+    let (build, wasm) = crate::tools::scaffold::create(&args.name, args.lang, &dir)?;
     println!("created {} ({:?})", dir.display(), args.lang);
     println!("build:  cd {} && {build}", dir.display());
     println!("check:  pier check {}", wasm.display());
@@ -610,7 +610,7 @@ fn reload(args: ReloadArgs) -> Result<()> {
 }
 
 fn cert_generate(out: &Path, hosts: &[String], days: u32) -> Result<()> {
-    let files = crate::tls::certgen::generate(out, hosts, days)?;
+    let files = crate::net::tls::certgen::generate(out, hosts, days)?;
     let p = |path: &PathBuf| path.display().to_string();
     println!(
         "wrote test certificates for {} (valid {days} days):",
@@ -669,7 +669,7 @@ fn send(args: SendArgs) -> Result<()> {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        return Ok(rt.block_on(crate::client::interactive(
+        return Ok(rt.block_on(crate::tools::client::interactive(
             &args.addr,
             args.framing,
             args.max_frame,
@@ -697,8 +697,8 @@ fn send(args: SendArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     if args.repeat > 1 || args.concurrency > 1 {
-        let summary = rt.block_on(crate::client::repeat(
-            crate::client::Repeat {
+        let summary = rt.block_on(crate::tools::client::repeat(
+            crate::tools::client::Repeat {
                 addr: args.addr.clone(),
                 framing: args.framing,
                 max_frame: args.max_frame,
@@ -725,7 +725,7 @@ fn send(args: SendArgs) -> Result<()> {
         return Ok(());
     }
     let tls = args.tls.connector(&args.addr)?;
-    let reply = rt.block_on(crate::client::send_one(
+    let reply = rt.block_on(crate::tools::client::send_one(
         &args.addr,
         args.framing,
         &message,

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::framing::Framing;
+use crate::net::framing::Framing;
 use load::{LoadReport, LoadSpec, Progress};
 
 /// `pier bench`.
@@ -108,7 +108,7 @@ pub struct BenchArgs {
     /// TLS options. With `--compare --tls`, test certificates are generated and both servers
     /// serve TLS with them.
     #[command(flatten)]
-    pub tls: crate::tls::client::ClientTlsArgs,
+    pub tls: crate::net::tls::client::ClientTlsArgs,
 }
 
 /// `pier baseline`.
@@ -123,7 +123,7 @@ pub struct BaselineArgs {
     pub framing: Framing,
 
     /// Largest frame accepted.
-    #[arg(long, default_value = "1MiB", value_parser = crate::config::parse_size)]
+    #[arg(long, default_value = "1MiB", value_parser = crate::deploy::config::parse_size)]
     pub max_frame: usize,
 
     /// Worker threads (default: one per CPU).
@@ -161,7 +161,7 @@ pub fn baseline_main(args: BaselineArgs) -> Result<()> {
         );
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => {
-                let listener = crate::tls::TlsListener::load(crate::tls::TlsOptions {
+                let listener = crate::net::tls::TlsListener::load(crate::net::tls::TlsOptions {
                     cert: cert.clone(),
                     key: key.clone(),
                     client_ca: None,
@@ -552,14 +552,14 @@ async fn compare(args: &BenchArgs) -> Result<Value> {
 /// Certificates from `pier cert generate` in a temporary folder, removed on drop.
 struct TestCertificates {
     dir: std::path::PathBuf,
-    files: crate::tls::certgen::Generated,
+    files: crate::net::tls::certgen::Generated,
 }
 
 impl TestCertificates {
     fn generate() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("pier-bench-certs-{}", std::process::id()));
         let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
-        let files = crate::tls::certgen::generate(&dir, &hosts, 1)
+        let files = crate::net::tls::certgen::generate(&dir, &hosts, 1)
             .context("cannot generate test certificates for --tls")?;
         Ok(TestCertificates { dir, files })
     }

@@ -5,7 +5,7 @@
 //! them. [`run`] serves one listener until a shutdown future completes (mini-redis style), for
 //! the simple CLI form, tests and embedders.
 //!
-//! Admission happens right after `accept` ([`crate::admission`]): a client beyond a limit is
+//! Admission happens right after `accept` ([`crate::net::admission`]): a client beyond a limit is
 //! closed at once instead of waiting in the backlog. Accepted sockets go to the least-loaded
 //! worker thread.
 //!
@@ -25,11 +25,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admission::Admission;
-use crate::connection::Job;
-use crate::listener::ListenerShared;
+use crate::net::admission::Admission;
+use crate::net::connection::Job;
+use crate::net::worker::WorkerPool;
 use crate::runtime::Runtime;
-use crate::worker::WorkerPool;
+use crate::tenant::listener::ListenerShared;
 
 /// Server-wide settings (per-listener ones live in [`ListenerShared`]).
 #[derive(Clone, Debug)]

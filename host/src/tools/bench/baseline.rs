@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::framing::Framing;
+use crate::net::framing::Framing;
 
 /// Serves the native echo on `listener` until the process ends, over TLS when `tls` is given
 /// (plain tokio-rustls, the native peer of pier's TLS listener).

@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 /// The plugin contract, vendored into every project.
-const WIT: &str = include_str!("../../wit/plugin.wit");
+const WIT: &str = include_str!("../../../wit/plugin.wit");
 
-const PYTHON_APP: &str = include_str!("../../examples/python-echo/app.py");
-const PYTHON_BUILD: &str = include_str!("../../examples/python-echo/build.sh");
-const JS_HANDLER: &str = include_str!("../../examples/js-echo/echo.js");
-const JS_BUILD: &str = include_str!("../../examples/js-echo/build.sh");
-const JS_PACKAGE: &str = include_str!("../../examples/js-echo/package.json");
+const PYTHON_APP: &str = include_str!("../../../examples/python-echo/app.py");
+const PYTHON_BUILD: &str = include_str!("../../../examples/python-echo/build.sh");
+const JS_HANDLER: &str = include_str!("../../../examples/js-echo/echo.js");
+const JS_BUILD: &str = include_str!("../../../examples/js-echo/build.sh");
+const JS_PACKAGE: &str = include_str!("../../../examples/js-echo/package.json");
 
 const RUST_LIB: &str = r#"//! A pier plugin: replies `Echo: ` + each frame. The contract is `wit/plugin.wit`.
 

@@ -1,0 +1,19 @@
+//! Everything between a client's socket and a plugin call: accepting on a listener's address,
+//! admission, the worker threads, one task per connection, the plain or TLS transport, and the
+//! framings that cut bytes into frames.
+//!
+//! - [`server`]: the worker pool and the accept loops of any number of listeners, drain.
+//! - [`admission`]: connection limits per listener and per client address.
+//! - [`worker`]: worker threads, each with its own runtime; connections are pinned to one.
+//! - [`connection`]: one client — read, frame, call the plugin, write replies.
+//! - [`transport`]: plain TCP or TLS streams, read into a per-worker scratch buffer.
+//! - [`tls`]: rustls server and client settings, peer identity, `pier cert generate`.
+//! - [`framing`]: raw, lines, length-prefixed and HTTP/1.1 framing with a frame-size limit.
+
+pub mod admission;
+pub mod connection;
+pub mod framing;
+pub mod server;
+pub mod tls;
+pub mod transport;
+pub mod worker;
