@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A plain-socket client for pier, in the style of the seed documents' clients.
+"""A plain-socket client for pier, in the style of kn-sock's and python_tcp's clients.
 
     python3 examples/echo_client.py [HOST] [PORT] [MESSAGE]
 

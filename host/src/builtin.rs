@@ -49,7 +49,7 @@ pub const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: "lpjson",
-        summary: "seed 004's length-prefixed JSON protocol: ping, echo, broadcast, get_stats",
+        summary: "the length-prefixed JSON protocol: ping, echo, broadcast, get_stats",
         framing: Framing::LengthPrefixed,
         wasm: include_bytes!(concat!(env!("PIER_GUEST_DIR"), "/pier_lpjson.wasm")),
     },

@@ -1,5 +1,5 @@
 //! The built-in plugins driven by real clients over loopback: chat with three clients, the
-//! length-prefixed JSON protocol of seed 004 (good and bad input, pipelining, byte-at-a-time),
+//! length-prefixed JSON protocol (good and bad input, pipelining, byte-at-a-time),
 //! the stats plugin's moving figures. Each chat and lpjson scenario also runs with instances
 //! replaced after every call, which must change nothing a client can see (state is in the host).
 //! HTTP with curl and Python lives in `tests/http.rs`.

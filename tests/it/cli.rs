@@ -594,7 +594,7 @@ fn built_in_plugins_bring_their_own_framing() {
 }
 
 #[test]
-fn interactive_send_speaks_seed_004_commands_and_plain_lines() {
+fn interactive_send_speaks_the_json_protocols_commands_and_plain_lines() {
     let served = Served::start(&["lpjson", "--listen", "127.0.0.1:0"]);
     let mut child = pier()
         .args(["send", "-i", &served.addr, "--framing", "length-prefixed"])

@@ -1,4 +1,4 @@
-//! The built-in chat plugin (seed 002/003 behaviour), for `nc`/telnet with line framing.
+//! The built-in chat plugin (a room of named users), for `nc`/telnet with line framing.
 //!
 //! A newcomer is asked for a name; the first line is the name. Named members are in the host
 //! group `chat` and carry their name in the host attribute `name`, so nothing lives in guest

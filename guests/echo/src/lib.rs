@@ -1,5 +1,5 @@
 //! The built-in echo plugin: every frame is answered with `Echo: ` followed by the frame, the
-//! reply format kn-sock's clients and seed 004's `echo` expect. It keeps no state at all, and
+//! reply format kn-sock's clients and the length-prefixed JSON protocol's `echo` expect. It keeps no state at all, and
 //! takes pipelined frames in batches (`batch-handler`).
 
 wit_bindgen::generate!({

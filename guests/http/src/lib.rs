@@ -1,6 +1,7 @@
-//! The built-in HTTP plugin (seed 003's routes) on pier's host-owned `http` framing: the host
-//! delivers one whole request per frame (and has already refused malformed or oversized ones);
-//! this plugin parses the head with httparse and returns one whole response.
+//! The built-in HTTP plugin (a small site: an index page, the time, live stats) on pier's
+//! host-owned `http` framing: the host delivers one whole request per frame (and has already
+//! refused malformed or oversized ones); this plugin parses the head with httparse and returns
+//! one whole response.
 //!
 //! Routes: `/` an HTML page, `/time` the time as JSON, `/stats` the host's live figures as JSON,
 //! anything else 404. `HEAD` gets the headers only. `Connection:` in the response follows the

@@ -1,4 +1,4 @@
-//! The built-in length-prefixed JSON protocol plugin (seed 004), byte-compatible: frames are a
+//! The built-in length-prefixed JSON protocol plugin, byte-compatible: frames are a
 //! u32 big-endian length (added and removed by the host's `length-prefixed` framing) and a UTF-8
 //! JSON object with a `type`.
 //!

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 /// Formats milliseconds since the Unix epoch as ISO 8601 UTC with milliseconds and `Z`, the
-/// timestamp format of seed 004 (`2024-01-01T12:00:00.000Z`).
+/// timestamp format of the length-prefixed JSON protocol (`2024-01-01T12:00:00.000Z`).
 pub fn iso_millis(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
@@ -51,7 +51,7 @@ pub struct ConnectionFigures {
 }
 
 /// The stats object shared by the stats plugin, `GET /stats` and (its first five fields)
-/// lpjson's `server_stats`. Names follow seed 004 where it has them.
+/// lpjson's `server_stats`. Names follow the length-prefixed JSON protocol where it has them.
 pub fn stats_json(
     listener: &ListenerFigures,
     connections: &[ConnectionFigures],

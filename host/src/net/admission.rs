@@ -1,5 +1,5 @@
-//! Who may connect: the per-listener connection limit and the per-client-address limits seed
-//! 004 asks for against floods (open connections and new connections per second per IP).
+//! Who may connect: the per-listener connection limit and the per-client-address limits
+//! that defend against floods (open connections and new connections per second per IP).
 //!
 //! Refused clients are accepted and closed at once (a FIN, no bytes), so they fail fast instead
 //! of hanging in the kernel backlog; refusals are counted and logged at most once a second per

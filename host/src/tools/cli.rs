@@ -257,7 +257,7 @@ pub struct SendArgs {
 
     /// Interactive: send each line typed as a frame and print every frame that arrives. With
     /// `--framing length-prefixed`, `/ping`, `/echo TEXT`, `/broadcast TEXT`, `/stats`,
-    /// `/custom TYPE` build seed 004 messages. `/exit` or end of input quits.
+    /// `/custom TYPE` build length-prefixed JSON protocol messages. `/exit` or end of input quits.
     #[arg(short, long, conflicts_with_all = ["message", "stdin", "hex"])]
     pub interactive: bool,
 

@@ -221,7 +221,7 @@ async fn read_reply(
 }
 
 /// What one line typed in interactive mode becomes on the wire. With length-prefixed framing,
-/// seed 004's commands are understood (`/ping`, `/echo TEXT`, `/broadcast TEXT`, `/stats`,
+/// the length-prefixed JSON protocol's commands are understood (`/ping`, `/echo TEXT`, `/broadcast TEXT`, `/stats`,
 /// `/custom TYPE`); a line that is already a JSON object is sent as it is, other text as a
 /// `message`. With other framings the line is sent as it is. `None` means `/exit`.
 pub fn interactive_frame(framing: Framing, line: &str) -> Option<Vec<u8>> {

@@ -30,7 +30,7 @@ pub enum Framing {
     Raw,
     /// Frames end with `\n`; a `\r` before it is dropped too. Replies get a `\n` appended.
     Lines,
-    /// Each frame is a 4-byte big-endian length followed by that many bytes (seed 004).
+    /// Each frame is a 4-byte big-endian length followed by that many bytes (the length-prefixed JSON protocol's framing).
     LengthPrefixed,
     /// Each frame is one whole HTTP/1.1 request (head and body); replies are whole responses,
     /// written as they are. Bad requests are answered by the host (400, 413, 431).
