@@ -120,14 +120,22 @@ fn watch_sources(root: &Path, guests: &Path) {
         "cargo:rerun-if-changed={}",
         guests.join("Cargo.lock").display()
     );
-    for entry in fs::read_dir(guests).expect("read guests/") {
-        let path = entry.expect("read a directory entry").path();
-        if path.join("Cargo.toml").exists() {
-            println!(
-                "cargo:rerun-if-changed={}",
-                path.join("Cargo.toml").display()
-            );
-            println!("cargo:rerun-if-changed={}", path.join("src").display());
+    // The SDK and the crates in guests/builtin and guests/test.
+    let folders = [
+        guests.to_path_buf(),
+        guests.join("builtin"),
+        guests.join("test"),
+    ];
+    for folder in folders {
+        for entry in fs::read_dir(&folder).expect("read a guests/ folder") {
+            let path = entry.expect("read a directory entry").path();
+            if path.join("Cargo.toml").exists() {
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    path.join("Cargo.toml").display()
+                );
+                println!("cargo:rerun-if-changed={}", path.join("src").display());
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
     cargo build --release && python3 host/benches/hostile.py [--duration 4] [--pier PATH]
 
-One pier process per case, two listeners on two workers: `hostile` (the guests/hostile test
+One pier process per case, two listeners on two workers: `hostile` (the guests/test/hostile test
 plugin, default limits) and `calm` (the built-in echo, lines). For each case a set of Python
 threads attacks the hostile listener while `pier bench` measures the calm one (50 connections,
 one frame in flight, 16 B); the table gives the neighbour's round trips/s and p99 next to the

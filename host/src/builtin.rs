@@ -1,8 +1,8 @@
 //! The plugins compiled into the binary, selectable by name (`pier serve chat`), each with the
 //! framing it is meant for.
 //!
-//! `host/build.rs` builds every crate under `guests/` for `wasm32-wasip2`; the built-in ones are
-//! embedded here, the test-only ones stay on disk in [`guest_dir`].
+//! `host/build.rs` builds every plugin under `guests/` for `wasm32-wasip2`; the ones in
+//! `guests/builtin/` are embedded here, those in `guests/test/` stay on disk in [`guest_dir`].
 
 use std::path::{Path, PathBuf};
 

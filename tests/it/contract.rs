@@ -1,4 +1,4 @@
-//! The plugin contract over real sockets, driven by the `guests/testkit` plugin: greetings and
+//! The plugin contract over real sockets, driven by the `guests/test/testkit` plugin: greetings and
 //! refusals from `on-open`, every `connections` import (`send`, `broadcast`, `close`, `peers`,
 //! `lookup`), reply ordering, and `on-close` with the right reason.
 

@@ -1,5 +1,6 @@
 //! `pier new NAME --lang rust|python|js`: a plugin project that builds as it is and passes
-//! `pier check`, with the WIT contract vendored in `wit/` so it builds anywhere.
+//! `pier check`, with the WIT contract vendored in `wit/` (and, for Rust, pier's SDK in
+//! `vendor/pier-sdk`) so it builds anywhere.
 //!
 //! The Python and JavaScript projects are the repository's `examples/python-echo` and
 //! `examples/js-echo` (embedded here at build time, so what `pier new` writes is what CI builds
@@ -20,33 +21,42 @@ const JS_HANDLER: &str = include_str!("../../../examples/js-echo/echo.js");
 const JS_BUILD: &str = include_str!("../../../examples/js-echo/build.sh");
 const JS_PACKAGE: &str = include_str!("../../../examples/js-echo/package.json");
 
-const RUST_LIB: &str = r#"//! A pier plugin: replies `Echo: ` + each frame. The contract is `wit/plugin.wit`.
+/// pier's Rust SDK (`guests/sdk`), vendored into Rust projects as `vendor/pier-sdk` so they
+/// build anywhere without it being published; its bindings read `../../wit`, the project's `wit/`.
+const SDK_LIB: &str = include_str!("../../../guests/sdk/src/lib.rs");
+const SDK_ADAPT: &str = include_str!("../../../guests/sdk/src/adapt.rs");
 
-wit_bindgen::generate!({ path: "wit", world: "plugin" });
+const RUST_LIB: &str = r#"//! A pier plugin: replies `Echo: ` + each frame. The contract is `wit/plugin.wit`; the SDK
+//! (`vendor/pier-sdk`) has the host's interfaces and the optional callbacks.
 
-use exports::pier::plugin::handler::{CloseReason, ConnectionId, Guest, Peer, Refusal};
+use pier_sdk::{ConnectionId, Plugin};
 
-struct Plugin;
+struct Echo;
 
-impl Guest for Plugin {
-    fn on_open(_peer: Peer) -> Result<Option<Vec<u8>>, Refusal> {
-        Ok(None)
+impl Plugin for Echo {
+    fn on_frame(_id: ConnectionId, frame: &[u8]) -> Option<Vec<u8>> {
+        Some([b"Echo: ", frame].concat())
     }
-
-    fn on_frame(_id: ConnectionId, frame: Vec<u8>) -> Option<Vec<u8>> {
-        Some([b"Echo: ".as_slice(), &frame].concat())
-    }
-
-    fn on_close(_id: ConnectionId, _reason: CloseReason) {}
 }
 
-export!(Plugin);
+pier_sdk::export!(Echo);
+"#;
+
+/// The vendored SDK's manifest: the SDK's own, without the guests workspace to inherit from.
+const SDK_MANIFEST: &str = r#"[package]
+name = "pier-sdk"
+description = "Write pier plugins in Rust (vendored by `pier new`)"
+version = "0.1.0"
+edition = "2024"
+
+[dependencies]
+wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc"] }
 "#;
 
 /// The languages `pier new` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
-    /// Rust with wit-bindgen, built with cargo for wasm32-wasip2.
+    /// Rust with pier's SDK (vendored), built with cargo for wasm32-wasip2.
     Rust,
     /// Python with componentize-py (from PyPI, into a local virtualenv).
     Python,
@@ -112,6 +122,9 @@ fn files(name: &str, lang: Lang) -> Vec<(&'static str, String)> {
         Lang::Rust => {
             files.push(("Cargo.toml", rust_manifest(name)));
             files.push(("src/lib.rs", RUST_LIB.to_string()));
+            files.push(("vendor/pier-sdk/Cargo.toml", SDK_MANIFEST.to_string()));
+            files.push(("vendor/pier-sdk/src/lib.rs", SDK_LIB.to_string()));
+            files.push(("vendor/pier-sdk/src/adapt.rs", SDK_ADAPT.to_string()));
             files.push(("README.md", readme(
                 name,
                 "rustup target add wasm32-wasip2 && cargo build --release --target wasm32-wasip2",
@@ -167,7 +180,7 @@ edition = "2024"
 crate-type = ["cdylib"]
 
 [dependencies]
-wit-bindgen = {{ version = "0.63", default-features = false, features = ["macros", "realloc"] }}
+pier-sdk = {{ path = "vendor/pier-sdk" }}
 
 # Small, fast plugins: pier compiles the component once and caches the result.
 [profile.release]
@@ -215,6 +228,21 @@ mod tests {
         }
         for good in ["echo", "my-echo", "chat_2"] {
             assert!(check_name(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn the_vendored_sdk_uses_the_wit_bindgen_the_guests_build_with() {
+        let workspace = include_str!("../../../guests/Cargo.toml");
+        let line = workspace
+            .lines()
+            .find(|l| l.starts_with("wit-bindgen = "))
+            .expect("the guests workspace names wit-bindgen");
+        let spec = line.trim_start_matches("wit-bindgen = ");
+        assert!(SDK_MANIFEST.contains(spec), "{spec} not in\n{SDK_MANIFEST}");
+        let rust = files("hello", Lang::Rust);
+        for path in ["vendor/pier-sdk/src/lib.rs", "vendor/pier-sdk/src/adapt.rs"] {
+            assert!(rust.iter().any(|(p, _)| *p == path), "{path}");
         }
     }
 

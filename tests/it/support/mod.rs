@@ -70,7 +70,7 @@ pub fn builtin_wasm(name: &str) -> Vec<u8> {
     pier::builtin::find(name).expect("built in").wasm.to_vec()
 }
 
-/// The misbehaving test plugin (see guests/faulty).
+/// The misbehaving test plugin (see guests/test/faulty).
 pub fn faulty_wasm() -> Vec<u8> {
     std::fs::read(pier::builtin::guest_path("pier_faulty.wasm"))
         .expect("the build produced pier_faulty.wasm")
