@@ -9,10 +9,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use pier::net::framing::Framing;
-use pier::net::server::{self, ServerConfig};
-use pier::runtime::{Runtime, RuntimeConfig};
-use pier::tenant::listener::ListenerShared;
+use pier::{Framing, Listener, Server};
 
 /// Where to listen when neither an argument nor `$PIER_EMBED_ADDR` says.
 const DEFAULT_ADDR: &str = "127.0.0.1:7070";
@@ -23,19 +20,22 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .or_else(|| std::env::var("PIER_EMBED_ADDR").ok())
         .unwrap_or_else(|| DEFAULT_ADDR.to_string());
-    let runtime = Runtime::new(RuntimeConfig {
-        call_deadline: Duration::from_millis(500),
-        ..RuntimeConfig::default()
-    })?;
+    let server = Server::builder()
+        .call_deadline(Duration::from_millis(500))
+        .workers(2)
+        .build()?;
     let echo = pier::builtin::find("echo").context("echo is built in")?;
-    let plugin = runtime.load_plugin(echo.name, echo.wasm)?;
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let plugin = server.load_plugin(echo.name, echo.wasm)?;
+    let listener = Listener::builder("embedded", plugin)
+        .framing(Framing::Lines)
+        .max_frame(64 * 1024)
+        .build();
+    let socket = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    eprintln!("embedded pier on {}", listener.local_addr()?);
-    let shared = ListenerShared::new("embedded", Framing::Lines, 64 * 1024, 256, plugin);
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    server::run(listener, shared, runtime, ServerConfig::default(), shutdown).await
+    let bound = server.add(socket, listener)?;
+    eprintln!("embedded pier on {bound}");
+    let _ = tokio::signal::ctrl_c().await;
+    server.shutdown().await;
+    Ok(())
 }

@@ -11,9 +11,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pier::net::framing::Framing;
-use pier::runtime::{PluginInstance, Runtime, RuntimeConfig};
-use pier::tenant::listener::ListenerShared;
+use pier::Framing;
+use pier::Listener;
+use pier::internals::PluginInstance;
+use pier::{Runtime, RuntimeConfig};
 
 fn native_echo(frame: &[u8]) -> Option<Vec<u8>> {
     let mut reply = Vec::with_capacity(6 + frame.len());
@@ -25,7 +26,7 @@ fn native_echo(frame: &[u8]) -> Option<Vec<u8>> {
 fn frame_call(c: &mut Criterion) {
     let runtime = Runtime::new(RuntimeConfig {
         // The cache spares recompiling the Python and JavaScript components (~20 s each).
-        cache_dir: pier::runtime::cache::ArtifactCache::default_dir(),
+        cache_dir: pier::internals::ArtifactCache::default_dir(),
         ..RuntimeConfig::default()
     })
     .expect("runtime");
@@ -51,7 +52,9 @@ fn frame_call(c: &mut Criterion) {
         let plugin = runtime
             .load_plugin(lang, &wasm)
             .expect("load the echo plugin");
-        let shared = ListenerShared::new("bench", Framing::Raw, 1 << 20, 64, plugin.clone());
+        let shared = Listener::builder("bench", plugin.clone())
+            .framing(Framing::Raw)
+            .build();
         let mut instance = PluginInstance::fixed(runtime.clone(), plugin, shared.ctx.clone());
         group.bench_function(format!("pier wasm on-frame ({lang})"), |b| {
             b.iter_custom(|iters| {

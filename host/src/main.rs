@@ -1,5 +1,5 @@
-//! The `pier` binary; everything lives in the library (see `pier::tools::cli`).
+//! The `pier` binary; everything lives in the library (see `pier::cli`).
 
 fn main() -> std::process::ExitCode {
-    pier::tools::cli::main()
+    pier::cli()
 }

@@ -8,7 +8,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use pier::net::framing::Framing;
+use pier::Framing;
 use serde_json::{Value, json};
 use support::{Client, Options, TestServer, builtin_wasm};
 use tokio::io::AsyncWriteExt;

@@ -4,7 +4,7 @@
 
 use crate::support;
 
-use pier::net::framing::Framing;
+use pier::Framing;
 use support::{Client, Options, TestServer};
 use tokio::io::AsyncWriteExt;
 

@@ -4,8 +4,8 @@
 
 use crate::support;
 
-use pier::net::framing::Framing;
-use pier::runtime::FaultKind;
+use pier::FaultKind;
+use pier::Framing;
 use support::{Options, TestServer, faulty_wasm};
 
 async fn single_worker_server() -> TestServer {

@@ -5,7 +5,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use pier::net::framing::Framing;
+use pier::Framing;
 use support::{Client, Options, TestServer, echo_wasm, echoed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -10,8 +10,8 @@ use crate::support;
 
 use std::time::Duration;
 
-use pier::runtime::FaultKind;
-use pier::tenant::budget::BudgetKind;
+use pier::BudgetKind;
+use pier::FaultKind;
 use support::{Client, Deployed, WAIT, eventually};
 
 /// `hostile` (with `limits`) and `calm` (echo), both lines, on one worker.
@@ -69,14 +69,11 @@ async fn neighbour_is_served(pier: &Deployed, what: &str) {
     );
 }
 
-fn hostile(pier: &Deployed) -> std::sync::Arc<pier::tenant::listener::ListenerShared> {
+fn hostile(pier: &Deployed) -> std::sync::Arc<pier::Listener> {
     hostile_named(pier, "hostile")
 }
 
-fn hostile_named(
-    pier: &Deployed,
-    name: &str,
-) -> std::sync::Arc<pier::tenant::listener::ListenerShared> {
+fn hostile_named(pier: &Deployed, name: &str) -> std::sync::Arc<pier::Listener> {
     pier.deployer
         .server()
         .listener(name)

@@ -7,7 +7,7 @@ use crate::support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use pier::net::framing::Framing;
+use pier::Framing;
 use support::{Client, Deployed, guest_file, scratch_dir};
 use tokio::net::TcpSocket;
 

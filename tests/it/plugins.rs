@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pier::runtime::{LoadError, Runtime, RuntimeConfig};
+use pier::{LoadError, Runtime, RuntimeConfig};
 
 fn runtime_with_cache(dir: &str) -> Arc<Runtime> {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
@@ -215,7 +215,7 @@ fn damaged_or_foreign_cache_artifacts_are_recompiled_never_run() {
 
 #[tokio::test]
 async fn truncating_a_cache_artifact_under_a_running_plugin_does_not_crash_it() {
-    use pier::net::framing::Framing;
+    use pier::Framing;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugins-cache-truncate");
     let _ = std::fs::remove_dir_all(&dir);
     let echo = pier::builtin::find("echo").unwrap().wasm;
@@ -236,25 +236,23 @@ async fn truncating_a_cache_artifact_under_a_running_plugin_does_not_crash_it() 
         .unwrap()
         .set_len(0)
         .unwrap();
-    let shared =
-        pier::tenant::listener::ListenerShared::new("t", Framing::Lines, 1 << 20, 64, plugin);
+    let server = pier::Server::builder()
+        .runtime(runtime)
+        .workers(1)
+        .drain_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let shared = pier::Listener::builder("t", plugin)
+        .framing(Framing::Lines)
+        .max_connections(16)
+        .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let addr = server.add(listener, shared).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = pier::net::server::ServerConfig {
-        max_connections: 16,
-        workers: 1,
-        drain_timeout: std::time::Duration::from_secs(5),
-    };
-    let task = tokio::spawn(pier::net::server::run(
-        listener,
-        shared,
-        runtime,
-        config,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(async move {
+        let _ = stopped.await;
+        server.shutdown().await;
+    });
     let wait = std::time::Duration::from_secs(30);
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (read, mut write) = stream.into_split();
@@ -275,6 +273,5 @@ async fn truncating_a_cache_artifact_under_a_running_plugin_does_not_crash_it() 
     tokio::time::timeout(wait, task)
         .await
         .expect("stops")
-        .unwrap()
         .unwrap();
 }

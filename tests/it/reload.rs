@@ -438,10 +438,10 @@ async fn a_plugin_asking_for_an_ungranted_capability_is_refused_naming_it() {
     install(&dir, "pier_greedy.wasm");
     let path = dir.join("pier.toml");
     std::fs::write(&path, one_listener(1)).unwrap();
-    let config = pier::deploy::config::Config::load(&path).unwrap();
+    let config = pier::Config::load(&path).unwrap();
     let runtime = support::runtime();
-    let server = pier::net::server::Server::new(runtime.clone(), &Default::default()).unwrap();
-    let deployer = pier::deploy::Deployer::new(runtime, server.clone(), config, Some(path));
+    let server = pier::Server::new(runtime.clone(), &Default::default()).unwrap();
+    let deployer = pier::Deployer::new(runtime, server.clone(), config, Some(path));
     let err = format!("{:#}", deployer.start().await.expect_err("refused"));
     assert!(err.contains("wasi:keyvalue/store@0.2.0-draft"), "{err}");
     server.shutdown().await;

@@ -930,7 +930,7 @@ mod tests {
         .expect("runtime");
         let echo = crate::builtin::find("echo").expect("echo built in");
         let plugin = runtime.load_plugin("echo", echo.wasm).expect("echo loads");
-        let listener = ListenerShared::new("t", Framing::Lines, 1 << 20, 64, plugin);
+        let listener = ListenerShared::builder("t", plugin).build();
         let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let _client =
             std::net::TcpStream::connect(server.local_addr().expect("addr")).expect("connect");

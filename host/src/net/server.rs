@@ -14,7 +14,6 @@
 
 use crate::sys::lock;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -28,14 +27,12 @@ use tracing::{error, info, warn};
 use crate::net::admission::Admission;
 use crate::net::connection::Job;
 use crate::net::worker::WorkerPool;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, RuntimeConfig};
 use crate::tenant::listener::ListenerShared;
 
 /// Server-wide settings (per-listener ones live in [`ListenerShared`]).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Connection limit for listeners started by [`run`] (pier.toml sets it per listener).
-    pub max_connections: usize,
     /// Worker threads, each with its own plugin instances.
     pub workers: usize,
     /// How long shutdown waits for connections to flush before dropping them.
@@ -48,10 +45,60 @@ const FORCE_GRACE: Duration = Duration::from_secs(5);
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            max_connections: 10_000,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             drain_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// Describes a [`Server`], from [`Server::builder`]. Without a runtime of its own it makes one
+/// from [`RuntimeConfig::default`] as amended by the builder.
+#[derive(Default)]
+pub struct ServerBuilder {
+    runtime: Option<Arc<Runtime>>,
+    runtime_config: RuntimeConfig,
+    config: ServerConfig,
+}
+
+impl ServerBuilder {
+    /// Runs plugins on `runtime` (shared with other servers, or configured in full); the
+    /// runtime settings of this builder are then not used.
+    pub fn runtime(mut self, runtime: Arc<Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The settings of the runtime the server makes (memory limit, cache, instances).
+    pub fn runtime_config(mut self, config: RuntimeConfig) -> Self {
+        self.runtime_config = config;
+        self
+    }
+
+    /// Longest a single guest call may run (default: 1 s).
+    pub fn call_deadline(mut self, deadline: Duration) -> Self {
+        self.runtime_config.call_deadline = deadline;
+        self
+    }
+
+    /// Worker threads, each with its own plugin instances (default: one per CPU).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers;
+        self
+    }
+
+    /// How long [`Server::shutdown`] lets connections flush before dropping them (default: 10 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// Starts the runtime (unless one was given) and the worker threads.
+    pub fn build(self) -> Result<Arc<Server>> {
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => Runtime::new(self.runtime_config).context("cannot start the wasm runtime")?,
+        };
+        Server::new(runtime, &self.config)
     }
 }
 
@@ -66,6 +113,7 @@ struct Running {
 
 /// Worker threads plus the listeners feeding them.
 pub struct Server {
+    runtime: Arc<Runtime>,
     pool: Arc<WorkerPool>,
     drain_timeout: Duration,
     running: Mutex<HashMap<String, Running>>,
@@ -78,30 +126,39 @@ impl Server {
     /// Starts the worker threads.
     pub fn new(runtime: Arc<Runtime>, config: &ServerConfig) -> Result<Arc<Self>> {
         Ok(Arc::new(Server {
-            pool: Arc::new(WorkerPool::start(config.workers, runtime)?),
+            pool: Arc::new(WorkerPool::start(config.workers, runtime.clone())?),
+            runtime,
             drain_timeout: config.drain_timeout,
             running: Mutex::new(HashMap::new()),
             all: Mutex::new(Vec::new()),
         }))
     }
 
-    /// Starts accepting on `listener` for `shared` (on the current tokio runtime).
-    pub fn add(&self, listener: TcpListener, shared: Arc<ListenerShared>) -> Result<SocketAddr> {
-        let limits = shared.limits.clone();
-        self.add_with(listener, shared, &limits)
+    /// Starts describing a server: `Server::builder().workers(2).build()?`.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
     }
 
-    /// [`Server::add`] with admission limits other than the listener's own.
-    fn add_with(
+    /// The wasmtime runtime its workers run plugins on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Loads, checks and compiles a plugin for this server's listeners.
+    pub fn load_plugin(
         &self,
-        listener: TcpListener,
-        shared: Arc<ListenerShared>,
-        limits: &crate::limits::Limits,
-    ) -> Result<SocketAddr> {
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<Arc<crate::runtime::LoadedPlugin>, crate::runtime::LoadError> {
+        self.runtime.load_plugin(name, wasm)
+    }
+
+    /// Starts accepting on `listener` for `shared` (on the current tokio runtime).
+    pub fn add(&self, listener: TcpListener, shared: Arc<ListenerShared>) -> Result<SocketAddr> {
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
-        let admission = Admission::new(limits);
+        let admission = Admission::new(&shared.limits);
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
             listener,
@@ -223,26 +280,6 @@ impl Server {
             info!("shut down");
         }
     }
-}
-
-/// Serves `listener` until `shutdown` completes, then drains.
-pub async fn run(
-    listener: TcpListener,
-    shared: Arc<ListenerShared>,
-    runtime: Arc<Runtime>,
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
-    let server = Server::new(runtime, &config)?;
-    // The one-listener form takes its connection limit from `config`.
-    let limits = crate::limits::Limits {
-        max_connections: config.max_connections,
-        ..shared.limits.clone()
-    };
-    server.add_with(listener, shared, &limits)?;
-    shutdown.await;
-    server.shutdown().await;
-    Ok(())
 }
 
 async fn accept_loop(

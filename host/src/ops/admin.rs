@@ -34,17 +34,6 @@ use crate::deploy::Deployer;
 use crate::runtime::FaultKind;
 use crate::tenant::listener::ListenerShared;
 
-/// Binds `addr` and serves the admin endpoints until `stop` is cancelled. Returns the bound
-/// address once listening.
-pub async fn start(
-    addr: SocketAddr,
-    deployer: Arc<Deployer>,
-    stop: CancellationToken,
-) -> Result<SocketAddr> {
-    let listener = crate::deploy::bind(addr).await?;
-    spawn(listener, deployer, stop)
-}
-
 /// Serves the admin endpoints on an already bound `listener` until `stop` is cancelled (so a
 /// caller can bind it before starting anything else). Returns the bound address.
 pub fn spawn(

@@ -42,7 +42,7 @@ use self::cache::ArtifactCache;
 use self::host::HostState;
 
 pub use self::context::PluginConfig;
-pub use self::fault::{FaultCounts, FaultKind};
+pub use self::fault::FaultKind;
 pub use self::instance::{Fault, PluginInstance};
 pub use self::plugin::{LoadError, LoadedPlugin};
 pub use self::slot::{Deployment, PluginSlot};

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::Limits;
-use crate::net::framing::Framing;
+use crate::net::framing::{DEFAULT_MAX_FRAME, Framing};
 use crate::net::tls::TlsListener;
 use crate::ops::metrics::ListenerMetrics;
 use crate::runtime::context::ListenerContext;
@@ -80,38 +80,21 @@ pub struct ListenerShared {
 }
 
 impl ListenerShared {
-    /// Describes a plain-TCP listener with an in-process registry and default limits.
-    pub fn new(
-        name: &str,
-        framing: Framing,
-        max_frame: usize,
-        write_queue: usize,
-        plugin: Arc<LoadedPlugin>,
-    ) -> Arc<Self> {
-        Self::with_tls(name, framing, max_frame, write_queue, plugin, None)
-    }
-
-    /// Describes a listener with default limits, with TLS when `tls` is given.
-    pub fn with_tls(
-        name: &str,
-        framing: Framing,
-        max_frame: usize,
-        write_queue: usize,
-        plugin: Arc<LoadedPlugin>,
-        tls: Option<Arc<TlsListener>>,
-    ) -> Arc<Self> {
-        let settings = ListenerSettings {
-            name: name.to_string(),
-            framing,
-            max_frame,
-            limits: Limits {
-                write_queue,
-                ..Limits::default()
+    /// Starts describing a listener named `name` served by `plugin`: line framing, a 1 MiB
+    /// frame limit and the default [`Limits`], no TLS, until the builder says otherwise.
+    pub fn builder(name: &str, plugin: Arc<LoadedPlugin>) -> ListenerBuilder {
+        ListenerBuilder {
+            settings: ListenerSettings {
+                name: name.to_string(),
+                framing: Framing::Lines,
+                max_frame: DEFAULT_MAX_FRAME,
+                limits: Limits::default(),
+                plugin_config: PluginConfig::new(),
+                upstreams: Vec::new(),
             },
-            plugin_config: PluginConfig::new(),
-            upstreams: Vec::new(),
-        };
-        Self::build(settings, plugin, tls, Vec::new())
+            plugin,
+            tls: None,
+        }
     }
 
     /// Describes a listener from its settings; `routes` are the SNI-routed tenants.
@@ -246,5 +229,62 @@ impl ListenerShared {
         for (_, route) in &self.routes {
             route.force_close();
         }
+    }
+}
+
+/// Describes a listener for [`Server::add`](crate::net::server::Server::add), from
+/// [`ListenerShared::builder`]: `Listener::builder("chat", plugin).framing(Framing::Lines).build()`.
+pub struct ListenerBuilder {
+    settings: ListenerSettings,
+    plugin: Arc<LoadedPlugin>,
+    tls: Option<Arc<TlsListener>>,
+}
+
+impl ListenerBuilder {
+    /// How frames are cut (default: lines).
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.settings.framing = framing;
+        self
+    }
+
+    /// The largest frame a client may send, in bytes (default: 1 MiB).
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.settings.max_frame = bytes;
+        self
+    }
+
+    /// Every connection, instance and byte limit at once (default: [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.settings.limits = limits;
+        self
+    }
+
+    /// Connections open at once; more are refused (default: [`Limits::default`]'s).
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.settings.limits.max_connections = connections;
+        self
+    }
+
+    /// Frames queued for one connection before it counts as a slow consumer.
+    pub fn write_queue(mut self, frames: usize) -> Self {
+        self.settings.limits.write_queue = frames;
+        self
+    }
+
+    /// The `plugin_config` table the plugin reads through the WIT `config` interface.
+    pub fn plugin_config(mut self, config: PluginConfig) -> Self {
+        self.settings.plugin_config = config;
+        self
+    }
+
+    /// Serves TLS with these settings.
+    pub fn tls(mut self, tls: Arc<TlsListener>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The listener, with its registry, budgets and metrics.
+    pub fn build(self) -> Arc<ListenerShared> {
+        ListenerShared::build(self.settings, self.plugin, self.tls, Vec::new())
     }
 }

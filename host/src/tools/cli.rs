@@ -503,7 +503,6 @@ fn serve(args: ServeArgs) -> Result<()> {
         ..RuntimeConfig::default()
     })?;
     let server_config = ServerConfig {
-        max_connections: args.max_connections,
         workers: config
             .server
             .workers

@@ -13,10 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pier::net::framing::Framing;
-use pier::net::server::{self, ServerConfig};
-use pier::runtime::{Runtime, RuntimeConfig};
-use pier::tenant::listener::ListenerShared;
+use pier::{Framing, Listener, Runtime, RuntimeConfig, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -137,19 +134,27 @@ impl TestServer {
             Some(n) => runtime_with(Some(n)),
             None => runtime(),
         };
-        let plugin = runtime.load_plugin("test", wasm).expect("plugin loads");
-        let shared = ListenerShared::new("test", opts.framing, opts.max_frame, 64, plugin);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel();
-        let config = ServerConfig {
-            max_connections: opts.max_connections,
-            workers: opts.workers,
-            drain_timeout: Duration::from_secs(5),
-        };
-        let task = tokio::spawn(server::run(listener, shared, runtime, config, async {
+        let server = Server::builder()
+            .runtime(runtime)
+            .workers(opts.workers)
+            .drain_timeout(Duration::from_secs(5))
+            .build()
+            .expect("workers start");
+        let plugin = server.load_plugin("test", wasm).expect("plugin loads");
+        let listener = Listener::builder("test", plugin)
+            .framing(opts.framing)
+            .max_frame(opts.max_frame)
+            .write_queue(64)
+            .max_connections(opts.max_connections)
+            .build();
+        let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = server.add(socket, listener).expect("listening");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
             let _ = rx.await;
-        }));
+            server.shutdown().await;
+            Ok(())
+        });
         TestServer {
             addr,
             framing: opts.framing,
@@ -292,10 +297,10 @@ pub fn scratch_dir(test: &str) -> std::path::PathBuf {
 /// pier serving a pier.toml inside the test process, through the same [`Deployer`] the binary
 /// uses, so reloads can be driven and awaited directly.
 ///
-/// [`Deployer`]: pier::deploy::Deployer
+/// [`Deployer`]: pier::Deployer
 pub struct Deployed {
     /// Applies config and plugin changes.
-    pub deployer: Arc<pier::deploy::Deployer>,
+    pub deployer: Arc<pier::Deployer>,
     /// Where pier.toml lives; relative plugin paths resolve against it.
     pub dir: std::path::PathBuf,
 }
@@ -306,7 +311,7 @@ impl Deployed {
     pub async fn start(dir: &std::path::Path, toml: &str) -> Deployed {
         let path = dir.join("pier.toml");
         std::fs::write(&path, toml).expect("write pier.toml");
-        let config = pier::deploy::config::Config::load(&path).expect("valid pier.toml");
+        let config = pier::Config::load(&path).expect("valid pier.toml");
         // Like `pier serve --config`: the instance pool's slots fit the largest memory limit.
         let runtime = Runtime::new(RuntimeConfig {
             memory_limit: config.largest_memory(),
@@ -318,16 +323,13 @@ impl Deployed {
             recycle_after: None,
         })
         .expect("runtime");
-        let server = pier::net::server::Server::new(
-            runtime.clone(),
-            &ServerConfig {
-                max_connections: 10_000,
-                workers: config.server.workers.unwrap_or(2),
-                drain_timeout: Duration::from_secs(5),
-            },
-        )
-        .expect("workers start");
-        let deployer = pier::deploy::Deployer::new(runtime, server, config, Some(path));
+        let server = Server::builder()
+            .runtime(runtime.clone())
+            .workers(config.server.workers.unwrap_or(2))
+            .drain_timeout(Duration::from_secs(5))
+            .build()
+            .expect("workers start");
+        let deployer = pier::Deployer::new(runtime, server, config, Some(path));
         deployer.start().await.expect("listeners start");
         Deployed {
             deployer,
@@ -358,7 +360,7 @@ impl Deployed {
     }
 
     /// Rewrites pier.toml and reloads it, as SIGHUP would.
-    pub async fn reload_config(&self, toml: &str) -> pier::deploy::ReloadReport {
+    pub async fn reload_config(&self, toml: &str) -> pier::ReloadReport {
         std::fs::write(self.dir.join("pier.toml"), toml).expect("write pier.toml");
         self.deployer.reload().await.expect("reload accepted")
     }

@@ -87,11 +87,6 @@ impl LoadReport {
     pub fn rate(&self) -> f64 {
         self.round_trips as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
-
-    /// A latency quantile, in microseconds.
-    pub fn micros(&self, quantile: f64) -> f64 {
-        self.latency.value_at_quantile(quantile) as f64 / 1000.0
-    }
 }
 
 /// Shared progress counters, read by the progress bar.
