@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+// tokio's clock, not std's: the token bucket then runs on time tests can pause and advance.
+use tokio::time::Instant;
 
 use crate::limits::Limits;
+use crate::sys::lock;
 
 /// Why a client was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,10 +69,7 @@ pub struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         if let Some((admission, ip)) = self.address.take() {
-            let mut addresses = admission
-                .addresses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut addresses = lock(&admission.addresses);
             if let Some(state) = addresses.get_mut(&ip) {
                 state.open = state.open.saturating_sub(1);
                 if state.open == 0 && admission.rate.is_none() {
@@ -108,7 +106,7 @@ impl Admission {
                 address: None,
             });
         }
-        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let mut addresses = lock(&self.addresses);
         if addresses.len() > 100_000 {
             // Bound the table under a spoofed-address flood: forget addresses with nothing open.
             addresses.retain(|_, s| s.open > 0);
@@ -152,7 +150,7 @@ impl Admission {
     /// returns `why` for the caller.
     fn refuse(&self, why: Refused) -> Refused {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let mut unlogged = self.unlogged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unlogged = lock(&self.unlogged);
         unlogged.0 += 1;
         let now = Instant::now();
         if unlogged
@@ -167,5 +165,61 @@ impl Admission {
             *unlogged = (0, Some(now));
         }
         why
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn admission(rate: Option<u32>, per_address: Option<usize>, max: usize) -> Arc<Admission> {
+        Admission::new(&Limits {
+            new_connections_per_second: rate,
+            max_connections_per_address: per_address,
+            max_connections: max,
+            ..Limits::default()
+        })
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_is_a_token_bucket_per_address_refilled_over_time() {
+        let admission = admission(Some(5), None, 100);
+        let burst: Vec<_> = (0..5).map(|_| admission.admit(CLIENT)).collect();
+        assert!(burst.iter().all(Result::is_ok), "a full bucket takes a burst of 5");
+        assert_eq!(admission.admit(CLIENT).err(), Some(Refused::Rate));
+        assert!(admission.admit(OTHER).is_ok(), "each address has its own bucket");
+        // One token comes back every 1/5 s, and not before.
+        tokio::time::advance(Duration::from_millis(190)).await;
+        assert_eq!(admission.admit(CLIENT).err(), Some(Refused::Rate));
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(admission.admit(CLIENT).is_ok());
+        assert_eq!(admission.admit(CLIENT).err(), Some(Refused::Rate));
+        // A long quiet spell refills the bucket to its size, no further.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let again: Vec<_> = (0..5).map(|_| admission.admit(CLIENT)).collect();
+        assert!(again.iter().all(Result::is_ok));
+        assert_eq!(admission.admit(CLIENT).err(), Some(Refused::Rate));
+        assert_eq!(admission.refused(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_connections_are_limited_per_address_and_per_listener_until_they_end() {
+        let admission = admission(None, Some(2), 3);
+        let first = admission.admit(CLIENT).expect("first");
+        let _second = admission.admit(CLIENT).expect("second");
+        assert_eq!(admission.admit(CLIENT).err(), Some(Refused::PerAddress));
+        let _third = admission.admit(OTHER).expect("another address");
+        assert_eq!(
+            admission.admit(OTHER).err(),
+            Some(Refused::MaxConnections),
+            "the listener is full"
+        );
+        drop(first);
+        assert!(admission.admit(CLIENT).is_ok(), "an ended connection frees its place");
     }
 }
