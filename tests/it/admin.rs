@@ -183,7 +183,7 @@ fn python_tls_client(port: u16, certs: &Path) -> std::process::Child {
 
 #[test]
 fn connections_show_the_tls_client_and_plugins_the_version() {
-    let certs = certificates("admin-tls");
+    let (certs, _) = certificates("admin-tls", &[]);
     let path = |f: &str| certs.join(f).display().to_string();
     let served = Served::start(&[
         "--listen",

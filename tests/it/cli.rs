@@ -849,9 +849,8 @@ fn the_example_pier_toml_serves_every_listener_it_names_tls_included() {
     let config = dir.join("pier.toml");
     std::fs::write(&config, format!("{head}{}\n", tls.join("\n"))).unwrap();
     // ...and the certificates `pier cert generate` writes where its comment says.
-    let certs = dir.join("certs");
-    let out = run(pier().args(["cert", "generate", "--out", certs.to_str().unwrap()]));
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    let (certs, _) = served::certificates("example-config/certs", &[]);
+    assert_eq!(certs, dir.join("certs"));
 
     // Every address comes from the environment: free ports, never the defaults.
     let echo = format!("127.0.0.1:{}", ports::reserved_port());

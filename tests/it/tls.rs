@@ -20,19 +20,6 @@ fn tmp(name: &str) -> PathBuf {
     dir
 }
 
-fn generate(dir: &Path) -> String {
-    let out = pier()
-        .args(["cert", "generate", "--out", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn python(script: &str) -> Output {
     Command::new("python3")
         .args(["-c", script])
@@ -68,8 +55,7 @@ fn python_tls(port: u16, certs: &Path, client: Option<&Path>, message: &str) -> 
 
 #[test]
 fn tls_with_generated_certificates_and_real_clients() {
-    let certs = tmp("tls-certs");
-    let printed = generate(&certs);
+    let (certs, printed) = served::certificates("tls-certs", &[]);
     for file in [
         "ca.pem",
         "ca-key.pem",
@@ -171,10 +157,8 @@ fn tls_with_generated_certificates_and_real_clients() {
 
 #[test]
 fn mutual_tls_refuses_what_it_must_and_the_plugin_sees_the_client() {
-    let certs = tmp("mtls-certs");
-    generate(&certs);
-    let other = tmp("mtls-other-ca");
-    generate(&other);
+    let (certs, _) = served::certificates("mtls-certs", &[]);
+    let (other, _) = served::certificates("mtls-other-ca", &[]);
     let testkit = pier::builtin::guest_path("pier_testkit.wasm");
     let served = Served::start(&[
         testkit.to_str().unwrap(),
@@ -275,8 +259,7 @@ fn mutual_tls_refuses_what_it_must_and_the_plugin_sees_the_client() {
 
 #[test]
 fn kn_sock_ssl_client_gets_the_echo() {
-    let certs = tmp("knsock-tls-certs");
-    generate(&certs);
+    let (certs, _) = served::certificates("knsock-tls-certs", &[]);
     let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("knsock-venv");
     let python = venv.join("bin/python");
     if !python.exists() {
@@ -334,10 +317,8 @@ fn kn_sock_ssl_client_gets_the_echo() {
 
 #[test]
 fn sighup_reloads_certificates_without_dropping_connections() {
-    let first = tmp("reload-first");
-    generate(&first);
-    let second = tmp("reload-second");
-    generate(&second);
+    let (first, _) = served::certificates("reload-first", &[]);
+    let (second, _) = served::certificates("reload-second", &[]);
     let live = tmp("reload-live");
     std::fs::create_dir_all(&live).unwrap();
     for f in ["server.pem", "server-key.pem"] {
@@ -411,21 +392,8 @@ fn sighup_reloads_certificates_without_dropping_connections() {
 
 #[test]
 fn sni_chooses_the_certificate_by_server_name() {
-    let default = tmp("sni-default");
-    generate(&default);
-    let other = tmp("sni-other");
-    let out = pier()
-        .args([
-            "cert",
-            "generate",
-            "--out",
-            other.to_str().unwrap(),
-            "--hosts",
-            "other.pier.test",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (default, _) = served::certificates("sni-default", &[]);
+    let (other, _) = served::certificates("sni-other", &["other.pier.test"]);
     let sni = format!(
         "other.pier.test,{},{}",
         other.join("server.pem").display(),
@@ -473,10 +441,8 @@ fn sni_chooses_the_certificate_by_server_name() {
 
 #[test]
 fn optional_client_certificates_and_client_side_options() {
-    let certs = tmp("optional-certs");
-    generate(&certs);
-    let other = tmp("optional-other");
-    generate(&other);
+    let (certs, _) = served::certificates("optional-certs", &[]);
+    let (other, _) = served::certificates("optional-other", &[]);
     let testkit = pier::builtin::guest_path("pier_testkit.wasm");
     let served = Served::start(&[
         testkit.to_str().unwrap(),
@@ -572,15 +538,8 @@ fn optional_client_certificates_and_client_side_options() {
 
 #[test]
 fn a_config_routes_one_tls_port_to_two_tenants_by_server_name() {
-    let default = tmp("sni-route-default");
-    generate(&default);
-    let kit = tmp("sni-route-kit");
-    let out = pier()
-        .args(["cert", "generate", "--out", kit.to_str().unwrap()])
-        .args(["--hosts", "kit.pier.test"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (default, _) = served::certificates("sni-route-default", &[]);
+    let (kit, _) = served::certificates("sni-route-kit", &["kit.pier.test"]);
     let testkit = pier::builtin::guest_path("pier_testkit.wasm");
     let config = default.join("pier.toml");
     std::fs::write(
@@ -660,10 +619,8 @@ fn serve_error(args: &[&str]) -> String {
 
 #[test]
 fn tls_start_up_errors_say_what_is_wrong_in_one_line() {
-    let a = tmp("startup-a");
-    generate(&a);
-    let b = tmp("startup-b");
-    generate(&b);
+    let (a, _) = served::certificates("startup-a", &[]);
+    let (b, _) = served::certificates("startup-b", &[]);
     let (cert, key) = (a.join("server.pem"), b.join("server-key.pem"));
     // A key from another `pier cert generate` run.
     assert_eq!(
@@ -709,8 +666,7 @@ fn tls_start_up_errors_say_what_is_wrong_in_one_line() {
 
 #[test]
 fn send_says_when_the_server_speaks_tls_or_does_not() {
-    let certs = tmp("send-hints");
-    generate(&certs);
+    let (certs, _) = served::certificates("send-hints", &[]);
     let secure = Served::start(&[
         "--tls-cert",
         certs.join("server.pem").to_str().unwrap(),

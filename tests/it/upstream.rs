@@ -298,7 +298,7 @@ fn path(dir: &Path, file: &str) -> String {
 
 #[test]
 fn a_tls_upstream_requiring_a_client_certificate() {
-    let certs = certificates("upstream-tls");
+    let (certs, _) = certificates("upstream-tls", &[]);
     // The upstream: pier's echo over TLS, refusing clients without a certificate from the CA.
     let upstream = Served::start(&[
         "echo",

@@ -280,23 +280,23 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Certificates from `pier cert generate` in a fresh folder.
-pub fn certificates(name: &str) -> PathBuf {
+/// Certificates from `pier cert generate` in a fresh folder `tmp()/name` — for `hosts` when
+/// given, else the localhost names; returns the folder and what the command printed. The one
+/// place tests make certificates, so they are what operators get.
+pub fn certificates(name: &str, hosts: &[&str]) -> (PathBuf, String) {
     let dir = tmp().join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    let out = pier()
-        .args([
-            "cert",
-            "generate",
-            "--out",
-            dir.to_str().expect("utf-8 path"),
-        ])
-        .output()
-        .expect("pier cert generate");
+    let mut cmd = pier();
+    cmd.args(["cert", "generate", "--out", dir.to_str().expect("utf-8 path")]);
+    if !hosts.is_empty() {
+        cmd.args(["--hosts", &hosts.join(",")]);
+    }
+    let out = cmd.output().expect("pier cert generate");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir
+    let printed = String::from_utf8(out.stdout).expect("utf-8 output");
+    (dir, printed)
 }
