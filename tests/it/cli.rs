@@ -393,10 +393,9 @@ fn faults_are_logged_with_plugin_and_connection_and_the_server_keeps_serving() {
     assert!(stderr_of(&out).contains("closed the connection without replying"));
     let out = run(pier().args(["send", &served.addr, "ok"]));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: ok\n");
-    let deadline = Instant::now() + WAIT;
-    while !served.log().contains("fault=\"deadline\"") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    served::eventually("the deadline fault in the log", || {
+        served.log().contains("fault=\"deadline\"")
+    });
     let log = served.log();
     let line = log
         .lines()
@@ -413,7 +412,15 @@ fn faults_are_logged_with_plugin_and_connection_and_the_server_keeps_serving() {
 
 #[test]
 fn sigterm_drains_every_owed_reply_then_exits_cleanly() {
-    let mut served = Served::start(&["--listen", "127.0.0.1:0", "--framing", "lines"]);
+    let mut served = Served::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--framing",
+        "lines",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = served.admin_addr();
     let frames_per_client = 20_000;
     let mut clients = Vec::new();
     for c in 0..4 {
@@ -427,7 +434,17 @@ fn sigterm_drains_every_owed_reply_then_exits_cleanly() {
         stream.write_all(&wire).unwrap();
         clients.push(stream);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM once every client's frames are being handled (their replies now owed).
+    served::eventually("frames from all four clients reach the plugin", || {
+        let response = http_get(&admin, "/connections");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|list| list.as_array().cloned())
+            .is_some_and(|list| {
+                list.len() == 4 && list.iter().all(|c| c["frames_in"].as_u64() > Some(0))
+            })
+    });
     served.signal("TERM");
     for (c, stream) in clients.iter_mut().enumerate() {
         let mut replies = String::new();
