@@ -77,7 +77,9 @@ state_handler!(stateful);
 /// one's length, -1 for none. Lengths running past the data are cut at its end (the host never
 /// sends such a batch; the contract says they are ignored).
 fn replies<T: Batched>(id: ConnectionId, data: &[u8], lengths: &[u32]) -> (Vec<u8>, Vec<i32>) {
-    let mut out = Vec::with_capacity(data.len() * 2);
+    // Room for the replies when each is about its frame plus a short prefix (echo-like); a
+    // plugin answering at length grows it as a Vec does.
+    let mut out = Vec::with_capacity(data.len() + 16 * lengths.len());
     let mut reply_lengths = Vec::with_capacity(lengths.len());
     let mut start = 0usize;
     for &len in lengths {
