@@ -434,15 +434,17 @@ fn sigterm_drains_every_owed_reply_then_exits_cleanly() {
         stream.write_all(&wire).unwrap();
         clients.push(stream);
     }
-    // SIGTERM once every client's frames are being handled (their replies now owed).
-    served::eventually("frames from all four clients reach the plugin", || {
+    // SIGTERM once the server has read every frame (each reply is then owed; a frame still in
+    // the kernel's buffer at close would turn the close into a reset).
+    served::eventually("every frame of the four clients read by the server", || {
         let response = http_get(&admin, "/connections");
         let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         serde_json::from_str::<serde_json::Value>(body)
             .ok()
             .and_then(|list| list.as_array().cloned())
             .is_some_and(|list| {
-                list.len() == 4 && list.iter().all(|c| c["frames_in"].as_u64() > Some(0))
+                let all = Some(frames_per_client as u64);
+                list.len() == 4 && list.iter().all(|c| c["frames_in"].as_u64() == all)
             })
     });
     served.signal("TERM");

@@ -190,9 +190,15 @@ mod tests {
     async fn the_rate_limit_is_a_token_bucket_per_address_refilled_over_time() {
         let admission = admission(Some(5), None, 100);
         let burst: Vec<_> = (0..5).map(|_| admission.admit(CLIENT)).collect();
-        assert!(burst.iter().all(Result::is_ok), "a full bucket takes a burst of 5");
+        assert!(
+            burst.iter().all(Result::is_ok),
+            "a full bucket takes a burst of 5"
+        );
         assert_eq!(admission.admit(CLIENT).err(), Some(Refused::Rate));
-        assert!(admission.admit(OTHER).is_ok(), "each address has its own bucket");
+        assert!(
+            admission.admit(OTHER).is_ok(),
+            "each address has its own bucket"
+        );
         // One token comes back every 1/5 s, and not before.
         tokio::time::advance(Duration::from_millis(190)).await;
         assert_eq!(admission.admit(CLIENT).err(), Some(Refused::Rate));
@@ -220,6 +226,9 @@ mod tests {
             "the listener is full"
         );
         drop(first);
-        assert!(admission.admit(CLIENT).is_ok(), "an ended connection frees its place");
+        assert!(
+            admission.admit(CLIENT).is_ok(),
+            "an ended connection frees its place"
+        );
     }
 }

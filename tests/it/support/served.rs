@@ -287,7 +287,12 @@ pub fn certificates(name: &str, hosts: &[&str]) -> (PathBuf, String) {
     let dir = tmp().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let mut cmd = pier();
-    cmd.args(["cert", "generate", "--out", dir.to_str().expect("utf-8 path")]);
+    cmd.args([
+        "cert",
+        "generate",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
     if !hosts.is_empty() {
         cmd.args(["--hosts", &hosts.join(",")]);
     }
