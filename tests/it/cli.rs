@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::ports;
 use crate::support::served;
 
-use served::{Served, WAIT, pier, tmp};
+use served::{Served, WAIT, http_get, pier, tmp};
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run pier")
@@ -242,6 +242,12 @@ fn start_up_errors_are_one_clear_line() {
     assert_eq!(
         serve_error(&["--listen", &addr]),
         format!("pier: address {addr} is already in use")
+    );
+    assert_eq!(
+        serve_error(&["--listen", &addr, "--reuse-port"]),
+        format!(
+            "pier: address {addr} is already in use by a socket without reuse_port (every process on it must set it)"
+        )
     );
 
     let line = serve_error(&["/nonexistent/handler.wasm"]);
@@ -833,20 +839,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("host/ is inside the repository")
         .to_path_buf()
-}
-
-/// Sends an HTTP/1.1 GET and returns the whole response (the server closes after it).
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! pier's integration tests, one binary for all of them (each test binary links wasmtime, and
-//! linking fourteen of them was most of the test build). One module per area; `support` holds
-//! the in-process server, the binary runner, ports and clients they share.
+//! pier's integration tests, one binary for all of them (each test binary would link wasmtime
+//! again). One module per area; `support` holds the in-process server, the binary runner, ports,
+//! certificates and clients they share.
 //!
 //! Run one area with `cargo test --release --test it contract::`, one test by its name.
 
@@ -11,6 +11,7 @@ mod builtins;
 mod cli;
 mod contract;
 mod faults;
+mod fleet;
 mod framing;
 mod hostile;
 mod http;

@@ -91,6 +91,9 @@ pub struct ListenerSpec {
     pub name: String,
     /// Where to listen.
     pub address: SocketAddr,
+    /// Bind with `SO_REUSEPORT`, so several processes (or an old and a new pier) accept on the
+    /// same address and the kernel spreads connections over them.
+    pub reuse_port: bool,
     /// The plugin serving it.
     pub plugin: PluginRef,
     /// How frames are cut.
@@ -114,6 +117,7 @@ impl ListenerSpec {
     /// `plugin_config`), so the listener can keep its socket and connections.
     pub fn same_socket_settings(&self, other: &ListenerSpec) -> bool {
         self.address == other.address
+            && self.reuse_port == other.reuse_port
             && self.framing == other.framing
             && self.max_frame == other.max_frame
             && self.upstreams == other.upstreams
@@ -256,6 +260,8 @@ struct RawServer {
 struct RawListener {
     name: String,
     address: String,
+    #[serde(default)]
+    reuse_port: bool,
     plugin: String,
     framing: Option<String>,
     max_frame: Option<RawSize>,
@@ -515,6 +521,7 @@ fn listener(raw: RawListener, base: &Path, defined: &HashSet<&str>) -> Result<Li
     Ok(ListenerSpec {
         name: raw.name,
         address,
+        reuse_port: raw.reuse_port,
         plugin,
         framing,
         max_frame,
@@ -938,6 +945,7 @@ mod tests {
             [[listener]]
             name = "chat"
             address = "127.0.0.1:7000"
+            reuse_port = true
             plugin = "chat"
             max_frame = "64KiB"
             [listener.limits]
@@ -957,6 +965,7 @@ mod tests {
         .expect("valid");
         let l = &config.listeners[0];
         assert_eq!(l.framing, Framing::Lines, "the built-in's framing");
+        assert!(l.reuse_port);
         assert_eq!(l.max_frame, 64 * 1024);
         assert_eq!(l.limits.max_connections, 5);
         assert_eq!(l.limits.max_connections_per_address, Some(2));

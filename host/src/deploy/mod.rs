@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Mutex, mpsc};
 use tracing::{error, info, warn};
 
@@ -111,7 +111,7 @@ impl Deployer {
         }
         let mut bound = Vec::new();
         for (spec, prepared) in ready {
-            let listener = bind(spec.address).await.map_err(|err| named(spec, err))?;
+            let listener = bind(spec.address, spec.reuse_port).map_err(|err| named(spec, err))?;
             bound.push((spec, prepared, listener));
         }
         let mut started = Vec::new();
@@ -382,7 +382,7 @@ impl Deployer {
 
     /// Binds the listener's address and starts accepting.
     async fn launch(&self, spec: &ListenerSpec, prepared: Prepared) -> Result<SocketAddr> {
-        let listener = bind(spec.address).await?;
+        let listener = bind(spec.address, spec.reuse_port)?;
         self.activate(spec, prepared, listener)
     }
 
@@ -537,21 +537,39 @@ fn plugin_files(spec: &ListenerSpec) -> impl Iterator<Item = &PathBuf> {
         })
 }
 
-/// Binds `addr`, turning the usual failures into one clear sentence.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::AddrInUse => anyhow!("address {addr} is already in use"),
-            std::io::ErrorKind::PermissionDenied => {
-                anyhow!("permission denied binding {addr} (ports below 1024 need privileges)")
-            }
-            std::io::ErrorKind::AddrNotAvailable => {
-                anyhow!("address {addr} is not available on this machine")
-            }
-            _ => anyhow!("cannot listen on {addr}: {err}"),
-        })
+/// Binds a listening socket on `addr` (with `SO_REUSEADDR`, as tokio does, so a restarted pier
+/// can bind while old connections linger in TIME_WAIT), with `SO_REUSEPORT` when `reuse_port`
+/// so other processes may bind the same address. Errors name the address and what to do.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener> {
+    let explain = |err: std::io::Error| match err.kind() {
+        std::io::ErrorKind::AddrInUse if reuse_port => anyhow!(
+            "address {addr} is already in use by a socket without reuse_port (every process on it must set it)"
+        ),
+        std::io::ErrorKind::AddrInUse => anyhow!("address {addr} is already in use"),
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow!("permission denied binding {addr} (ports below 1024 need privileges)")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            anyhow!("address {addr} is not available on this machine")
+        }
+        _ => anyhow!("cannot listen on {addr}: {err}"),
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(explain)?;
+    socket.set_reuseaddr(true).map_err(explain)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(explain)?;
+    }
+    socket.bind(addr).map_err(explain)?;
+    socket.listen(LISTEN_BACKLOG).map_err(explain)
 }
+
+/// Pending connections the kernel queues per listening socket (tokio's own default).
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// Reloads on SIGHUP until the process ends.
 pub async fn reload_on_sighup(deployer: Arc<Deployer>) {

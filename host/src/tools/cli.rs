@@ -139,6 +139,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
 
+    /// Bind with SO_REUSEPORT: several pier processes (or an old and a new one) accept on the
+    /// same address, each one started with this flag; the kernel spreads connections over them.
+    #[arg(long)]
+    pub reuse_port: bool,
+
     /// Upstream server(s) for the plugin, as `host:port` (repeat or comma-separate for
     /// failover): granted to the listener as the upstream named `upstream`, with the
     /// listener's framing and default pool settings. `pier serve proxy --upstream ADDR` is a
@@ -460,6 +465,7 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
             upstreams: upstreams.iter().map(|u| u.name.clone()).collect(),
             name: "default".into(),
             address,
+            reuse_port: args.reuse_port,
             plugin,
             framing,
             max_frame: args.max_frame,
@@ -522,7 +528,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         // The admin address is bound before any listener starts, so that every start-up
         // failure happens while nothing is serving yet: one error line, nothing to drain.
         let admin_listener = match admin {
-            Some(addr) => Some(crate::deploy::bind(addr).await.context("admin endpoint")?),
+            Some(addr) => Some(crate::deploy::bind(addr, false).context("admin endpoint")?),
             None => None,
         };
         let server = Server::new(runtime.clone(), &server_config)?;
