@@ -443,15 +443,9 @@ fn sigterm_drains_every_owed_reply_then_exits_cleanly() {
     // SIGTERM once the server has read every frame (each reply is then owed; a frame still in
     // the kernel's buffer at close would turn the close into a reset).
     served::eventually("every frame of the four clients read by the server", || {
-        let response = http_get(&admin, "/connections");
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|list| list.as_array().cloned())
-            .is_some_and(|list| {
-                let all = Some(frames_per_client as u64);
-                list.len() == 4 && list.iter().all(|c| c["frames_in"].as_u64() == all)
-            })
+        let list = served::admin_connections(&admin);
+        let all = Some(frames_per_client as u64);
+        list.len() == 4 && list.iter().all(|c| c["frames_in"].as_u64() == all)
     });
     served.signal("TERM");
     for (c, stream) in clients.iter_mut().enumerate() {

@@ -4,16 +4,6 @@
 use crate::support::ports;
 use crate::support::served::{self, LineClient, Served};
 
-/// Connections open on a process now, from its admin endpoint's `/connections`.
-fn open_connections(admin: &str) -> usize {
-    let response = served::http_get(admin, "/connections");
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|list| list.as_array().map(Vec::len))
-        .unwrap_or_else(|| panic!("a JSON list from /connections: {response}"))
-}
-
 #[test]
 fn two_processes_with_reuse_port_share_one_port_and_both_accept() {
     let listen = format!("127.0.0.1:{}", ports::reserved_port());
@@ -38,8 +28,8 @@ fn two_processes_with_reuse_port_share_one_port_and_both_accept() {
         })
         .collect();
     let (on_first, on_second) = (
-        open_connections(&first_admin),
-        open_connections(&second_admin),
+        served::admin_connections(&first_admin).len(),
+        served::admin_connections(&second_admin).len(),
     );
     assert_eq!(
         on_first + on_second,

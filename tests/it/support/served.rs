@@ -287,6 +287,16 @@ pub fn http_get(addr: &str, path: &str) -> String {
     response
 }
 
+/// The open connections a pier reports at its admin endpoint's `/connections`.
+pub fn admin_connections(admin: &str) -> Vec<serde_json::Value> {
+    let response = http_get(admin, "/connections");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|list| list.as_array().cloned())
+        .unwrap_or_else(|| panic!("a JSON list from /connections: {response}"))
+}
+
 /// Polls `check` until it holds, failing the test after `WAIT`.
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
