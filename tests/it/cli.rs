@@ -355,6 +355,31 @@ fn serve_help_lists_every_built_in_plugin_and_its_framing() {
 }
 
 #[test]
+fn check_fills_and_then_reads_the_compile_cache_serve_uses() {
+    let cache = tmp().join("check-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let check = |extra: &[&str]| {
+        let out = run(pier()
+            .args(["check", "chat", "--cache-dir", cache.to_str().unwrap()])
+            .args(extra));
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        check(&[]).contains(", compiled in "),
+        "first check compiles"
+    );
+    assert!(
+        check(&[]).contains(", loaded from the compile cache in "),
+        "second check reads what the first wrote"
+    );
+    assert!(
+        check(&["--no-cache"]).contains(", compiled in "),
+        "--no-cache compiles"
+    );
+}
+
+#[test]
 fn check_reports_fit_imports_and_exports() {
     let out = run(pier().args(["check", "echo"]));
     assert!(out.status.success(), "{}", stderr_of(&out));

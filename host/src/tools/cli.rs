@@ -305,6 +305,15 @@ pub struct SendArgs {
 pub struct CheckArgs {
     /// The plugin: a `.wasm` component file or a built-in name.
     pub plugin: String,
+
+    /// Directory for compiled plugins, shared with `pier serve` (default: $PIER_CACHE_DIR,
+    /// $XDG_CACHE_HOME/pier or ~/.cache/pier), so checking a plugin also readies it to serve.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile the plugin even if the cache holds it, and leave the cache alone.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 use crate::deploy::config::parse_size;
@@ -760,16 +769,27 @@ fn print_reply(out: &mut impl Write, reply: &[u8], hex: bool) -> Result<()> {
 fn check(args: CheckArgs) -> Result<()> {
     let source = PluginRef::parse(&args.plugin, Path::new(""))?;
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: None,
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            args.cache_dir
+                .clone()
+                .or_else(crate::runtime::cache::ArtifactCache::default_dir)
+        },
         ..RuntimeConfig::default()
     })?;
     let plugin = runtime
         .load_plugin(&source.to_string(), &source.read()?)
         .map_err(|err| anyhow!("plugin {source}: {err}"))?;
+    let how = if plugin.from_cache {
+        "loaded from the compile cache"
+    } else {
+        "compiled"
+    };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "ok: {} fits pier:plugin/plugin@0.1.0 (version {}, compiled in {:?})",
+        "ok: {} fits pier:plugin/plugin@0.1.0 (version {}, {how} in {:?})",
         plugin.name, plugin.version, plugin.load_time
     )?;
     writeln!(out, "imports:")?;
