@@ -18,6 +18,7 @@ use crate::builtin;
 use crate::limits::{DEFAULT_WRITE_QUEUE, InstanceLimits, Limits, SlowConsumer};
 use crate::net::framing::Framing;
 use crate::net::tls::{SniCert, TlsOptions};
+use crate::net::upgrade::WebSocketSettings;
 use crate::runtime::PluginConfig;
 use crate::upstream::{UpstreamSpec, UpstreamTls};
 
@@ -110,6 +111,27 @@ pub struct ListenerSpec {
     pub limits: Limits,
     /// Free keys and values for the plugin.
     pub plugin_config: PluginConfig,
+    /// The upgrade settings when `framing` is WebSocket (`[listener.websocket]`).
+    pub websocket: Option<WebSocketSettings>,
+    /// Other addresses of the same tenant (`[[listener.door]]`).
+    pub doors: Vec<DoorSpec>,
+}
+
+/// Another address of a listener's tenant, with its own framing and TLS
+/// (`[[listener.door]]`): e.g. the chat room for line clients on one port and for browsers,
+/// over WebSocket, on another.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DoorSpec {
+    /// Where to listen.
+    pub address: SocketAddr,
+    /// Bind with `SO_REUSEPORT`.
+    pub reuse_port: bool,
+    /// How frames are cut on this door.
+    pub framing: Framing,
+    /// TLS on this door (its own `[listener.door.tls]`; SNI routes belong to the listener).
+    pub tls: Option<TlsOptions>,
+    /// The upgrade settings when `framing` is WebSocket.
+    pub websocket: Option<WebSocketSettings>,
 }
 
 impl ListenerSpec {
@@ -123,6 +145,8 @@ impl ListenerSpec {
             && self.upstreams == other.upstreams
             && self.tls == other.tls
             && self.limits == other.limits
+            && self.websocket == other.websocket
+            && self.doors == other.doors
             && self
                 .sni_plugins
                 .iter()
@@ -272,6 +296,33 @@ struct RawListener {
     limits: RawLimits,
     #[serde(default)]
     plugin_config: toml::Table,
+    websocket: Option<RawWebSocket>,
+    #[serde(default)]
+    door: Vec<RawDoor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDoor {
+    address: String,
+    #[serde(default)]
+    reuse_port: bool,
+    framing: String,
+    tls: Option<RawTls>,
+    websocket: Option<RawWebSocket>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebSocket {
+    path: Option<String>,
+    #[serde(default)]
+    protocols: Vec<String>,
+    #[serde(default)]
+    origins: Vec<String>,
+    replies: Option<String>,
+    static_dir: Option<PathBuf>,
+    handshake_timeout: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -437,12 +488,14 @@ impl Config {
             if !names.insert(spec.name.clone()) {
                 bail!("listener `{}` is defined twice", spec.name);
             }
-            if spec.address.port() != 0 && !addresses.insert(spec.address) {
-                bail!(
-                    "listener `{}`: address {} is used by another listener",
-                    spec.name,
-                    spec.address
-                );
+            let doors = spec.doors.iter().map(|d| d.address);
+            for address in std::iter::once(spec.address).chain(doors) {
+                if address.port() != 0 && !addresses.insert(address) {
+                    bail!(
+                        "listener `{}`: address {address} is used by another listener or door",
+                        spec.name,
+                    );
+                }
             }
             listeners.push(spec);
         }
@@ -518,6 +571,13 @@ fn listener(raw: RawListener, base: &Path, defined: &HashSet<&str>) -> Result<Li
             (k, text)
         })
         .collect();
+    let websocket = websocket_settings(framing, raw.websocket, base, "websocket")?;
+    let doors = raw
+        .door
+        .into_iter()
+        .enumerate()
+        .map(|(i, door)| door_spec(door, base).with_context(|| format!("door {}", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
     Ok(ListenerSpec {
         name: raw.name,
         address,
@@ -530,7 +590,83 @@ fn listener(raw: RawListener, base: &Path, defined: &HashSet<&str>) -> Result<Li
         sni_plugins,
         limits,
         plugin_config,
+        websocket,
+        doors,
     })
+}
+
+fn door_spec(raw: RawDoor, base: &Path) -> Result<DoorSpec> {
+    let address = resolve_address(&raw.address).context("address")?;
+    let framing: Framing = raw
+        .framing
+        .parse()
+        .map_err(|e: String| anyhow!("framing: {e}"))?;
+    let tls = match raw.tls {
+        Some(tls) => {
+            let (options, routes) = tls_options(tls, base)?;
+            if !routes.is_empty() {
+                bail!("tls.sni: a door cannot route to other plugins (the listener's own tls can)");
+            }
+            Some(options)
+        }
+        None => None,
+    };
+    Ok(DoorSpec {
+        address,
+        reuse_port: raw.reuse_port,
+        websocket: websocket_settings(framing, raw.websocket, base, "websocket")?,
+        framing,
+        tls,
+    })
+}
+
+/// The `[websocket]` table of a listener or door: only with WebSocket framing, where it is
+/// optional (the defaults apply).
+fn websocket_settings(
+    framing: Framing,
+    raw: Option<RawWebSocket>,
+    base: &Path,
+    key: &str,
+) -> Result<Option<WebSocketSettings>> {
+    if framing != Framing::WebSocket {
+        if raw.is_some() {
+            bail!("{key}: only for framing = \"websocket\"");
+        }
+        return Ok(None);
+    }
+    let Some(raw) = raw else {
+        return Ok(Some(WebSocketSettings::default()));
+    };
+    let defaults = WebSocketSettings::default();
+    let static_dir = match raw.static_dir {
+        Some(dir) => {
+            let dir = base.join(dir);
+            if !dir.is_dir() {
+                bail!("{key}.static_dir: {} is not a folder", dir.display());
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+    let settings = WebSocketSettings {
+        path: raw.path.unwrap_or(defaults.path),
+        protocols: raw.protocols,
+        origins: raw.origins,
+        replies: match raw.replies.as_deref() {
+            Some(text) => text
+                .parse()
+                .map_err(|e: String| anyhow!("{key}.replies: {e}"))?,
+            None => defaults.replies,
+        },
+        static_dir,
+        handshake_timeout: opt_duration(
+            raw.handshake_timeout.as_deref(),
+            &format!("{key}.handshake_timeout"),
+        )?
+        .unwrap_or(defaults.handshake_timeout),
+    };
+    settings.check().map_err(|e| anyhow!("{e}"))?;
+    Ok(Some(settings))
 }
 
 fn valid_name(name: &str) -> Result<()> {
@@ -559,7 +695,7 @@ fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamSpec> {
         Some(f) => f.parse().map_err(|e: String| anyhow!("framing: {e}"))?,
         None => Framing::Lines,
     };
-    if framing == Framing::Http {
+    if matches!(framing, Framing::Http | Framing::WebSocket) {
         bail!("framing: upstreams use raw, lines or length-prefixed");
     }
     let max_frame = match &raw.max_frame {

@@ -34,7 +34,7 @@ use crate::deploy::config::{Config, ListenerSpec, PluginRef};
 use crate::net::server::Server;
 use crate::net::tls::TlsListener;
 use crate::runtime::{LoadedPlugin, Runtime};
-use crate::tenant::listener::{ListenerSettings, ListenerShared};
+use crate::tenant::listener::{Door, ListenerSettings, ListenerShared};
 use crate::upstream::{Grants, Pool};
 
 /// How long file events are collected before a reload, so an editor's write-rename-chmod
@@ -111,13 +111,13 @@ impl Deployer {
         }
         let mut bound = Vec::new();
         for (spec, prepared) in ready {
-            let listener = bind(spec.address, spec.reuse_port).map_err(|err| named(spec, err))?;
-            bound.push((spec, prepared, listener));
+            let sockets = bind_all(spec).map_err(|err| named(spec, err))?;
+            bound.push((spec, prepared, sockets));
         }
         let mut started = Vec::new();
-        for (spec, prepared, listener) in bound {
+        for (spec, prepared, sockets) in bound {
             let addr = self
-                .activate(spec, prepared, listener)
+                .activate(spec, prepared, sockets)
                 .map_err(|err| named(spec, err))?;
             started.push((spec.clone(), addr));
         }
@@ -201,7 +201,9 @@ impl Deployer {
                     for (_, route) in &shared.routes {
                         route.ctx.upstreams.replace(grants.clone());
                     }
-                    if let Some(tls) = &shared.tls {
+                    let doors = self.server.doors(&spec.name);
+                    let door_tls = doors.iter().filter_map(|(_, door)| door.tls.as_ref());
+                    for tls in shared.tls.iter().chain(door_tls) {
                         match tls.reload() {
                             Ok(()) => eprintln!("pier: SIGHUP: TLS certificates reloaded"),
                             Err(err) => eprintln!(
@@ -340,10 +342,22 @@ impl Deployer {
             Some(options) => Some(TlsListener::load(options.clone())?),
             None => None,
         };
+        let mut doors = Vec::new();
+        for (i, door) in spec.doors.iter().enumerate() {
+            let tls = match &door.tls {
+                Some(options) => Some(
+                    TlsListener::load(options.clone())
+                        .with_context(|| format!("door {}", i + 1))?,
+                ),
+                None => None,
+            };
+            doors.push(Door::new(door.framing, tls, door.websocket.clone()));
+        }
         Ok(Prepared {
             plugin,
             routes,
             tls,
+            doors,
             grants: grants(spec, pools),
         })
     }
@@ -382,8 +396,8 @@ impl Deployer {
 
     /// Binds the listener's address and starts accepting.
     async fn launch(&self, spec: &ListenerSpec, prepared: Prepared) -> Result<SocketAddr> {
-        let listener = bind(spec.address, spec.reuse_port)?;
-        self.activate(spec, prepared, listener)
+        let sockets = bind_all(spec)?;
+        self.activate(spec, prepared, sockets)
     }
 
     /// Starts accepting on a bound socket and says so.
@@ -391,7 +405,7 @@ impl Deployer {
         &self,
         spec: &ListenerSpec,
         prepared: Prepared,
-        listener: TcpListener,
+        (listener, door_sockets): (TcpListener, Vec<TcpListener>),
     ) -> Result<SocketAddr> {
         let settings = |name: String| ListenerSettings {
             name,
@@ -400,6 +414,7 @@ impl Deployer {
             limits: spec.limits.clone(),
             plugin_config: spec.plugin_config.clone(),
             upstreams: prepared.grants.clone(),
+            websocket: spec.websocket.clone(),
         };
         let routes = prepared
             .routes
@@ -431,8 +446,29 @@ impl Deployer {
             "pier: listening on {addr} (plugin {}, framing {}{mode}{name})",
             plugin.name, spec.framing
         );
+        for (socket, door) in door_sockets.into_iter().zip(prepared.doors) {
+            let mode = if door.tls.is_some() { ", TLS" } else { "" };
+            let framing = door.framing;
+            let door_addr = self.server.add_door(&spec.name, socket, door)?;
+            eprintln!(
+                "pier: listening on {door_addr} (plugin {}, framing {framing}{mode}; door of listener {})",
+                plugin.name, spec.name
+            );
+        }
         Ok(addr)
     }
+}
+
+/// Binds a listener's address and its doors' (all or nothing: a socket bound before a later one
+/// failed is closed again).
+fn bind_all(spec: &ListenerSpec) -> Result<(TcpListener, Vec<TcpListener>)> {
+    let main = bind(spec.address, spec.reuse_port)?;
+    let doors = spec
+        .doors
+        .iter()
+        .map(|door| bind(door.address, door.reuse_port))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((main, doors))
 }
 
 /// A listener's plugins, compiled and checked, and its TLS settings, loaded.
@@ -440,6 +476,8 @@ struct Prepared {
     plugin: Arc<LoadedPlugin>,
     routes: Vec<(String, Arc<LoadedPlugin>)>,
     tls: Option<Arc<TlsListener>>,
+    /// The other doors, in the config's order.
+    doors: Vec<Arc<Door>>,
     grants: Grants,
 }
 

@@ -22,9 +22,11 @@ use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::net::admission::Admitted;
+use crate::net::framing::websocket::{self, Role};
 use crate::net::framing::{FrameDecoder, Framing};
 use crate::net::tls::{TlsInfo, TlsListener};
 use crate::net::transport::Transport;
+use crate::net::upgrade::{self, Upgrade};
 use crate::ops::metrics::ListenerMetrics;
 use crate::runtime::bindings::CloseReason;
 use crate::runtime::host::peer_record;
@@ -34,7 +36,7 @@ use crate::tenant::budget::{BudgetKind, Budgets};
 use crate::tenant::hub::{
     ConnectionId, Control, Delivery, Mailbox, PeerInfo, Registry, Tally, TimerId,
 };
-use crate::tenant::listener::ListenerShared;
+use crate::tenant::listener::{Door, ListenerShared};
 
 /// The most bytes read during a shutdown drain: what clients sent before the signal is
 /// answered, a client that keeps streaming cannot hold shutdown up.
@@ -48,6 +50,8 @@ pub struct Job {
     pub admitted: Admitted,
     /// What the listener serves.
     pub listener: Arc<ListenerShared>,
+    /// The door it came in through: its framing, TLS and WebSocket settings.
+    pub door: Arc<Door>,
 }
 
 /// How long, and how many bytes, a connection closed after an error reply keeps reading what
@@ -65,6 +69,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         stream,
         admitted,
         listener,
+        door,
     } = job;
     let remote = stream
         .peer_addr()
@@ -91,7 +96,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "unknown".into());
         let connected_at = SystemTime::now();
-        let (transport, tls) = match &listener.tls {
+        let (mut transport, tls) = match &door.tls {
             None => (Transport::Plain(stream), None),
             // Boxed: the handshake future embeds a whole rustls connection, and unboxed it
             // would enlarge every connection task, TLS or not, for its whole life.
@@ -100,6 +105,21 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
                 None => return,
             },
         };
+        // Before `on-open`, so the 101 precedes anything the plugin sends; boxed like the TLS
+        // handshake, for the size of every connection's task.
+        let mut read_buf = BytesMut::new();
+        if let Some(settings) = &door.websocket {
+            match Box::pin(upgrade::accept(&mut transport, settings, &listener.metrics)).await {
+                Upgrade::Open { leftover, protocol } => {
+                    debug!(
+                        protocol = protocol.as_deref().unwrap_or(""),
+                        "WebSocket open"
+                    );
+                    read_buf = leftover;
+                }
+                Upgrade::Answered => return,
+            }
+        }
         if !listener.routes.is_empty() {
             served = listener.route(tls.as_ref().and_then(|t| t.server_name.as_deref()));
             if !Arc::ptr_eq(&served, &listener) {
@@ -142,9 +162,14 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         let mut conn = Connection {
             id,
             hub: listener.hub.clone(),
-            framing: listener.framing,
-            decoder: listener.framing.decoder(listener.max_frame),
-            max_reply: reply_limit(listener.framing, listener.max_frame),
+            framing: door.framing,
+            decoder: match &door.websocket {
+                Some(settings) => {
+                    FrameDecoder::websocket(Role::Server, listener.max_frame, settings.replies)
+                }
+                None => door.framing.decoder(listener.max_frame),
+            },
+            max_reply: reply_limit(door.framing, listener.max_frame),
             linger: false,
             budgets: listener.budgets.clone(),
             partial_charged: 0,
@@ -156,7 +181,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             taken: 0,
             write_queue_bytes: listener.limits.write_queue_bytes,
             transport,
-            read_buf: BytesMut::new(),
+            read_buf,
             write_buf: BytesMut::new(),
             mailbox,
             instances,
@@ -191,6 +216,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
                 if let Some(message) = refusal.message {
                     conn.queue_reply(&message);
                 }
+                conn.goodbye(websocket::code::POLICY, &refusal.reason);
                 // Out of `peers` before the client can see the close: a plugin counting
                 // connections must not count one whose client already saw it end.
                 listener.hub.begin_close(id);
@@ -199,6 +225,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
             }
             Err(_fault) => {
                 // Logged by the instance; the plugin never accepted the connection.
+                conn.goodbye(websocket::code::INTERNAL, "plugin fault");
                 listener.hub.begin_close(id);
                 conn.finish().await;
                 return;
@@ -207,6 +234,7 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         // Out of groups and peers, sends refused, attributes still readable for on-close — and
         // all that before the client sees the close. Frames already queued are still written.
         listener.hub.begin_close(id);
+        conn.goodbye_for(reason);
         conn.finish().await;
         debug!(reason = ?reason, "closed");
         Box::pin(async { conn.instances.lease().await.on_close(id, reason).await }).await;
@@ -255,6 +283,7 @@ async fn handshake(
 /// request-head limit, as requests may.
 fn reply_limit(framing: Framing, max_frame: usize) -> usize {
     match framing {
+        // The message; its frame header is the host's.
         Framing::Http => max_frame.saturating_add(crate::net::framing::http::MAX_HEAD),
         _ => max_frame,
     }
@@ -521,14 +550,43 @@ impl Connection {
             self.write_buf.extend_from_slice(&reply);
             self.linger = true;
         }
+        self.goodbye(
+            websocket::code::POLICY,
+            &format!("message not complete within {after:?}"),
+        );
         CloseReason::IdleTimeout
+    }
+
+    /// Tells a WebSocket client why the host ends the connection (a close frame, after what is
+    /// owed), and reads its answer before closing; nothing for other framings, which have no
+    /// way to say it.
+    fn goodbye(&mut self, code: u16, reason: &str) {
+        if self.framing == Framing::WebSocket {
+            self.decoder.close(code, reason, &mut self.write_buf);
+            self.linger = true;
+        }
+    }
+
+    /// The close frame for the way the connection ended. Protocol errors said theirs already,
+    /// a peer's close was answered when it arrived, and a broken or evicted connection cannot
+    /// be told anything.
+    fn goodbye_for(&mut self, reason: CloseReason) {
+        let (code, text) = match reason {
+            CloseReason::PluginClosed => (websocket::code::NORMAL, ""),
+            CloseReason::Shutdown => (websocket::code::GOING_AWAY, "server shutting down"),
+            CloseReason::IdleTimeout => (websocket::code::POLICY, "idle timeout"),
+            CloseReason::Fault => (websocket::code::INTERNAL, "plugin fault"),
+            _ => return,
+        };
+        self.goodbye(code, text);
     }
 
     /// Charges the unfinished frame left in `read_buf` to the tenant's `partial_frame_bytes`
     /// budget (returning what is no longer held) and starts or stops the frame timeout. A
     /// connection whose partial frame does not fit the tenant's budget is closed.
     fn account_partial(&mut self) -> Result<(), Closed> {
-        let held = self.read_buf.len();
+        // A fragmented WebSocket message waits in the decoder, not in the read buffer.
+        let held = self.read_buf.len() + self.decoder.buffered();
         let budget = self.budgets.of(BudgetKind::PartialFrameBytes);
         if held > self.partial_charged {
             if !budget.try_charge(held - self.partial_charged) {
@@ -597,10 +655,16 @@ impl Connection {
                 }
             }
         }
+        if self.decoder.close_requested() {
+            // A WebSocket close frame: what came before it is answered, then the connection ends.
+            close_after = true;
+        }
         let full = batch.len() >= MAX_BATCH;
         // Report what arrived before the plugin runs, so its stats include these frames.
         self.report_traffic();
         let handled = self.handle_batch(&batch).await;
+        // Pongs and the close reply, after the replies to what preceded them.
+        self.decoder.take_output(&mut self.write_buf);
         batch.clear();
         // Keep a small batch allocation for the next read, not a large one for an idle connection.
         batch.shrink_to(16);
@@ -611,7 +675,11 @@ impl Connection {
         }
         if let Some(err) = broken {
             warn!("protocol error, closing: {err}");
-            if let Some(reply) = err.reply() {
+            if let crate::net::framing::FrameError::WebSocket { code, reason } = &err {
+                // Through the codec, so nothing is written after this close frame.
+                self.count_out(0);
+                self.goodbye(*code, reason);
+            } else if let Some(reply) = err.reply() {
                 self.count_out(reply.len());
                 self.write_buf.extend_from_slice(&reply);
                 self.linger = true;
@@ -766,7 +834,10 @@ impl Connection {
             self.closing = Some(CloseReason::PluginClosed);
         }
         let before = self.write_buf.len();
-        match self.framing.encode(frame, &mut self.write_buf) {
+        match self
+            .decoder
+            .encode(self.framing, frame, &mut self.write_buf)
+        {
             Ok(()) => self.count_out(self.write_buf.len() - before),
             Err(err) => warn!("reply dropped: {err}"),
         }
@@ -943,6 +1014,7 @@ mod tests {
             Job {
                 stream,
                 admitted,
+                door: listener.door.clone(),
                 listener,
             },
             &instances,

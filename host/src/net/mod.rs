@@ -8,7 +8,9 @@
 //! - [`connection`]: one client — read, frame, call the plugin, write replies.
 //! - [`transport`]: plain TCP or TLS streams, read into a per-worker scratch buffer.
 //! - [`tls`]: rustls server and client settings, peer identity, `pier cert generate`.
-//! - [`framing`]: raw, lines, length-prefixed and HTTP/1.1 framing with a frame-size limit.
+//! - [`framing`]: raw, lines, length-prefixed, HTTP/1.1 and WebSocket framing with a frame-size
+//!   limit.
+//! - [`upgrade`]: the WebSocket opening handshake and the page a `websocket` door serves.
 
 pub mod admission;
 pub mod connection;
@@ -16,4 +18,5 @@ pub mod framing;
 pub mod server;
 pub mod tls;
 pub mod transport;
+pub mod upgrade;
 pub mod worker;

@@ -28,7 +28,7 @@ use crate::net::admission::Admission;
 use crate::net::connection::Job;
 use crate::net::worker::WorkerPool;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::tenant::listener::ListenerShared;
+use crate::tenant::listener::{Door, ListenerShared};
 
 /// Server-wide settings (per-listener ones live in [`ListenerShared`]).
 #[derive(Clone, Debug)]
@@ -107,8 +107,12 @@ struct Running {
     shared: Arc<ListenerShared>,
     addr: SocketAddr,
     admission: Arc<Admission>,
+    /// Stops every door's accept loop.
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// The accept loops: the listener's own address first, then its other doors.
+    tasks: Vec<JoinHandle<()>>,
+    /// The other doors, with their bound addresses.
+    doors: Vec<(SocketAddr, Arc<Door>)>,
 }
 
 /// Worker threads plus the listeners feeding them.
@@ -163,6 +167,7 @@ impl Server {
         let task = tokio::spawn(accept_loop(
             listener,
             shared.clone(),
+            shared.door.clone(),
             self.pool.clone(),
             admission.clone(),
             stop.clone(),
@@ -177,13 +182,49 @@ impl Server {
                 addr,
                 admission,
                 stop,
-                task,
+                tasks: vec![task],
+                doors: Vec::new(),
             },
         );
         if let Some(previous) = previous {
             previous.stop.cancel();
         }
         Ok(addr)
+    }
+
+    /// Starts accepting on `listener` for the running listener `name` through another door:
+    /// the same tenant (plugin, registry, limits, admission), with the door's framing and TLS.
+    pub fn add_door(
+        &self,
+        name: &str,
+        listener: TcpListener,
+        door: Arc<Door>,
+    ) -> Result<SocketAddr> {
+        let addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        let mut running = lock(&self.running);
+        let Some(entry) = running.get_mut(name) else {
+            anyhow::bail!("no listener named `{name}` is running");
+        };
+        entry.tasks.push(tokio::spawn(accept_loop(
+            listener,
+            entry.shared.clone(),
+            door.clone(),
+            self.pool.clone(),
+            entry.admission.clone(),
+            entry.stop.clone(),
+        )));
+        entry.doors.push((addr, door));
+        Ok(addr)
+    }
+
+    /// Listener `name`'s other doors and their addresses, in the order they were added.
+    pub fn doors(&self, name: &str) -> Vec<(SocketAddr, Arc<Door>)> {
+        lock(&self.running)
+            .get(name)
+            .map(|r| r.doors.clone())
+            .unwrap_or_default()
     }
 
     /// The listeners accepting now, with their bound addresses.
@@ -212,8 +253,10 @@ impl Server {
     pub async fn remove(&self, name: &str, drain: bool) -> Option<Arc<ListenerShared>> {
         let running = lock(&self.running).remove(name)?;
         running.stop.cancel();
-        if let Err(err) = running.task.await {
-            error!(listener = name, "accept loop ended badly: {err}");
+        for task in running.tasks {
+            if let Err(err) = task.await {
+                error!(listener = name, "accept loop ended badly: {err}");
+            }
         }
         running.shared.retire();
         if drain {
@@ -236,7 +279,9 @@ impl Server {
             r.stop.cancel();
         }
         for r in running {
-            let _ = r.task.await;
+            for task in r.tasks {
+                let _ = task.await;
+            }
             r.shared.retire();
         }
         // A server that never accepted (start-up failed before any listener was added) has
@@ -285,6 +330,7 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<ListenerShared>,
+    door: Arc<Door>,
     pool: Arc<WorkerPool>,
     admission: Arc<Admission>,
     stop: CancellationToken,
@@ -321,6 +367,7 @@ async fn accept_loop(
                 stream,
                 admitted,
                 listener: shared.clone(),
+                door: door.clone(),
             }),
             Err(err) => warn!("cannot hand a connection to a worker: {err}"),
         }

@@ -56,6 +56,7 @@ struct Families {
     plugin_reloads: IntCounterVec,
     config_reloads: IntCounterVec,
     tls_failures: IntCounterVec,
+    websocket_refused: IntCounterVec,
     write_queue_full: IntCounterVec,
     budget_refusals: IntCounterVec,
     output_dropped: IntCounterVec,
@@ -220,6 +221,11 @@ impl Families {
                 "TLS handshakes that failed, by reason.",
                 &["listener", "reason"],
             ),
+            websocket_refused: counter(
+                "pier_websocket_handshakes_refused_total",
+                "WebSocket upgrades the host refused, by reason: timeout, malformed, not-upgrade, version, origin, path, closed.",
+                &["listener", "reason"],
+            ),
             write_queue_full: counter(
                 "pier_write_queue_full_total",
                 "Frames refused because a slow client's write queue was full, by the slow-consumer action taken: drop (frame dropped), close (connection closed).",
@@ -341,6 +347,16 @@ impl ListenerMetrics {
         if let Some(name) = &self.listener {
             FAMILIES
                 .tls_failures
+                .with_label_values(&[name.as_ref(), reason])
+                .inc();
+        }
+    }
+
+    /// Counts a WebSocket upgrade the host refused.
+    pub fn websocket_refused(&self, reason: &str) {
+        if let Some(name) = &self.listener {
+            FAMILIES
+                .websocket_refused
                 .with_label_values(&[name.as_ref(), reason])
                 .inc();
         }

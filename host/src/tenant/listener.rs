@@ -5,6 +5,11 @@
 //! A listener is one tenant: its registry, groups and broadcasts reach only its own connections.
 //! TLS listeners may route some SNI names to other plugins; each route is a listener of its own
 //! (own registry, own plugin slot) that shares the parent's socket and limits.
+//!
+//! A tenant may be reached through several [`Door`]s — addresses with their own framing, TLS and
+//! WebSocket settings (pier.toml `[[listener.door]]`) — that all feed the one registry, so a
+//! broadcast reaches line clients and browsers alike. The listener's own address is its first
+//! door, [`ListenerShared::door`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::limits::Limits;
 use crate::net::framing::{DEFAULT_MAX_FRAME, Framing};
 use crate::net::tls::TlsListener;
+use crate::net::upgrade::WebSocketSettings;
 use crate::ops::metrics::ListenerMetrics;
 use crate::runtime::context::ListenerContext;
 use crate::runtime::{LoadedPlugin, PluginConfig, PluginSlot};
@@ -40,6 +46,36 @@ pub struct ListenerSettings {
     pub plugin_config: PluginConfig,
     /// The upstreams the plugin may use.
     pub upstreams: crate::upstream::Grants,
+    /// The upgrade settings, when `framing` is WebSocket.
+    pub websocket: Option<WebSocketSettings>,
+}
+
+/// One way into a tenant: how the connections accepted on one socket are framed and secured.
+pub struct Door {
+    /// How frames are cut on this door.
+    pub framing: Framing,
+    /// TLS on this door.
+    pub tls: Option<Arc<TlsListener>>,
+    /// The upgrade settings of a WebSocket door (the defaults when the framing is WebSocket and
+    /// none were given).
+    pub websocket: Option<Arc<WebSocketSettings>>,
+}
+
+impl Door {
+    /// A door with `framing`; a WebSocket one gets `websocket` or the default settings.
+    pub fn new(
+        framing: Framing,
+        tls: Option<Arc<TlsListener>>,
+        websocket: Option<WebSocketSettings>,
+    ) -> Arc<Door> {
+        let websocket =
+            (framing == Framing::WebSocket).then(|| Arc::new(websocket.unwrap_or_default()));
+        Arc::new(Door {
+            framing,
+            tls,
+            websocket,
+        })
+    }
 }
 
 /// Everything connections of one listener share.
@@ -66,6 +102,8 @@ pub struct ListenerShared {
     pub ctx: Arc<ListenerContext>,
     /// TLS settings, on TLS listeners.
     pub tls: Option<Arc<TlsListener>>,
+    /// The listener's own address's door: its framing, TLS and WebSocket settings.
+    pub door: Arc<Door>,
     /// SNI names (lower case) routed to other plugins, each its own tenant.
     pub routes: Vec<(String, Arc<ListenerShared>)>,
     /// Cancelled to drain this listener's connections (shutdown, or the listener was removed).
@@ -91,6 +129,7 @@ impl ListenerShared {
                 limits: Limits::default(),
                 plugin_config: PluginConfig::new(),
                 upstreams: Vec::new(),
+                websocket: None,
             },
             plugin,
             tls: None,
@@ -151,6 +190,7 @@ impl ListenerShared {
             budgets,
             hub,
             ctx,
+            door: Door::new(settings.framing, tls.clone(), settings.websocket),
             tls,
             routes: routes
                 .into_iter()
@@ -274,6 +314,13 @@ impl ListenerBuilder {
     /// The `plugin_config` table the plugin reads through the WIT `config` interface.
     pub fn plugin_config(mut self, config: PluginConfig) -> Self {
         self.settings.plugin_config = config;
+        self
+    }
+
+    /// The WebSocket upgrade settings (path, subprotocols, origins, replies, page), for
+    /// [`Framing::WebSocket`]; without them a WebSocket listener uses the defaults.
+    pub fn websocket(mut self, settings: WebSocketSettings) -> Self {
+        self.settings.websocket = Some(settings);
         self
     }
 

@@ -446,8 +446,8 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
     let upstreams = if args.upstream.is_empty() {
         Vec::new()
     } else {
-        if framing == Framing::Http {
-            bail!("--upstream: upstreams use raw, lines or length-prefixed framing, not http");
+        if matches!(framing, Framing::Http | Framing::WebSocket) {
+            bail!("--upstream: upstreams use raw, lines or length-prefixed framing, not {framing}");
         }
         vec![crate::upstream::UpstreamSpec {
             name: "upstream".into(),
@@ -494,6 +494,8 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
                 ..Limits::default()
             },
             plugin_config: Default::default(),
+            websocket: (framing == Framing::WebSocket).then(Default::default),
+            doors: Vec::new(),
         }],
         upstreams,
     })

@@ -6,8 +6,11 @@
 //! its four header bytes, before anything is allocated for the body.
 //!
 //! - [`http`]: HTTP/1.1 request boundaries (httparse), with the host answering bad requests.
+//! - [`websocket`]: RFC 6455 messages after the upgrade (tungstenite's frame headers), with the
+//!   host answering pings and closes.
 
 pub mod http;
+pub mod websocket;
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,6 +38,11 @@ pub enum Framing {
     /// Each frame is one whole HTTP/1.1 request (head and body); replies are whole responses,
     /// written as they are. Bad requests are answered by the host (400, 413, 431).
     Http,
+    /// WebSocket (RFC 6455): the host answers the HTTP upgrade, then each complete message
+    /// (fragments reassembled, unmasked) is a frame and each reply is one message. Pings,
+    /// closes and protocol errors are answered by the host.
+    #[value(name = "websocket")]
+    WebSocket,
 }
 
 impl Framing {
@@ -45,6 +53,7 @@ impl Framing {
             Framing::Lines => "lines",
             Framing::LengthPrefixed => "length-prefixed",
             Framing::Http => "http",
+            Framing::WebSocket => "websocket",
         }
     }
 
@@ -72,14 +81,39 @@ impl Framing {
                     .new_codec(),
             ),
             Framing::Http => Inner::Http(http::HttpDecoder::new(max_frame)),
+            Framing::WebSocket => Inner::WebSocket(websocket::WsCodec::new(
+                websocket::Role::Server,
+                max_frame,
+                websocket::Replies::Auto,
+            )),
         };
         FrameDecoder { inner, max_frame }
     }
 
-    /// Appends `frame` to `out` as it goes on the wire.
+    /// A decoder for the client end of a connection: the same as [`Framing::decoder`] except for
+    /// WebSocket, whose client reads unmasked frames.
+    pub fn client_decoder(self, max_frame: usize) -> FrameDecoder {
+        match self {
+            Framing::WebSocket => FrameDecoder::websocket(
+                websocket::Role::Client,
+                max_frame,
+                websocket::Replies::Auto,
+            ),
+            other => other.decoder(max_frame),
+        }
+    }
+
+    /// Appends `frame` to `out` as a client sends it: for WebSocket one masked message (text
+    /// when it is UTF-8); for the other framings the same bytes either end sends. A server
+    /// encodes its replies through the connection's [`FrameDecoder::encode`], which knows the
+    /// WebSocket connection's state.
     pub fn encode(self, frame: &[u8], out: &mut BytesMut) -> Result<(), FrameError> {
         match self {
             Framing::Raw | Framing::Http => out.extend_from_slice(frame),
+            Framing::WebSocket => {
+                websocket::WsCodec::new(websocket::Role::Client, 0, websocket::Replies::Auto)
+                    .encode(frame, out)
+            }
             Framing::Lines => {
                 out.reserve(frame.len() + 1);
                 out.extend_from_slice(frame);
@@ -113,8 +147,9 @@ impl FromStr for Framing {
             "lines" => Ok(Framing::Lines),
             "length-prefixed" => Ok(Framing::LengthPrefixed),
             "http" => Ok(Framing::Http),
+            "websocket" => Ok(Framing::WebSocket),
             other => Err(format!(
-                "unknown framing `{other}` (expected raw, lines, length-prefixed or http)"
+                "unknown framing `{other}` (expected raw, lines, length-prefixed, http or websocket)"
             )),
         }
     }
@@ -144,6 +179,14 @@ pub enum FrameError {
         /// What was wrong, also sent in the response body.
         reason: String,
     },
+    /// A WebSocket frame the host refuses, with the close code it answers.
+    #[error("WebSocket close {code}: {reason}")]
+    WebSocket {
+        /// 1002, 1007 or 1009.
+        code: u16,
+        /// What was wrong, also sent as the close reason.
+        reason: String,
+    },
 }
 
 impl FrameError {
@@ -151,6 +194,7 @@ impl FrameError {
     pub fn reply(&self) -> Option<Vec<u8>> {
         match self {
             FrameError::Http { status, reason } => Some(http::error_response(*status, reason)),
+            FrameError::WebSocket { code, reason } => Some(websocket::close_frame(*code, reason)),
             _ => None,
         }
     }
@@ -169,9 +213,61 @@ enum Inner {
     Lines(AnyDelimiterCodec),
     Length(LengthDelimitedCodec),
     Http(http::HttpDecoder),
+    WebSocket(websocket::WsCodec),
 }
 
 impl FrameDecoder {
+    /// A WebSocket decoder for one end of a connection, replying as `replies` says.
+    pub fn websocket(role: websocket::Role, max_frame: usize, replies: websocket::Replies) -> Self {
+        FrameDecoder {
+            inner: Inner::WebSocket(websocket::WsCodec::new(role, max_frame, replies)),
+            max_frame,
+        }
+    }
+
+    /// Appends a reply (or a frame another connection sent) to `out` as it goes on the wire.
+    /// For WebSocket this depends on the connection: the kind of the client's last message,
+    /// and nothing after a close frame.
+    pub fn encode(
+        &self,
+        framing: Framing,
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        match &self.inner {
+            Inner::WebSocket(codec) => {
+                codec.encode(frame, out);
+                Ok(())
+            }
+            _ => framing.encode(frame, out),
+        }
+    }
+
+    /// Moves what the protocol itself answers (WebSocket pongs and the close reply) to `out`.
+    pub fn take_output(&mut self, out: &mut BytesMut) {
+        if let Inner::WebSocket(codec) = &mut self.inner {
+            codec.take_output(out);
+        }
+    }
+
+    /// Bytes of an unfinished message held by the decoder rather than the read buffer (a
+    /// fragmented WebSocket message).
+    pub fn buffered(&self) -> usize {
+        match &self.inner {
+            Inner::WebSocket(codec) => codec.buffered(),
+            _ => 0,
+        }
+    }
+
+    /// Says goodbye where the protocol has a way to (a WebSocket close frame with `code`),
+    /// appended to `out`; nothing for other framings.
+    pub fn close(&mut self, code: u16, reason: &str, out: &mut BytesMut) {
+        if let Inner::WebSocket(codec) = &mut self.inner {
+            codec.close(code, reason);
+            codec.take_output(out);
+        }
+    }
+
     /// How many bytes one read should take at most: raw frames are single reads, so their
     /// chunk is capped by the frame limit; other framings take a whole chunk (more frames per
     /// read means bigger batches).
@@ -187,6 +283,7 @@ impl FrameDecoder {
     pub fn close_requested(&self) -> bool {
         match &self.inner {
             Inner::Http(decoder) => decoder.close_requested(),
+            Inner::WebSocket(codec) => codec.peer_closed(),
             _ => false,
         }
     }
@@ -218,6 +315,7 @@ impl FrameDecoder {
                 Err(_) => Err(FrameError::TooLarge { limit }),
             },
             Inner::Http(decoder) => decoder.decode(buf),
+            Inner::WebSocket(codec) => codec.decode(buf),
         }
     }
 
