@@ -270,6 +270,10 @@ pub struct SendArgs {
     #[arg(long, value_enum, default_value = "raw")]
     pub framing: Framing,
 
+    /// With `--framing websocket`: the path the upgrade asks for.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+
     /// MESSAGE is hex, and the reply is printed as hex.
     #[arg(long)]
     pub hex: bool,
@@ -688,6 +692,7 @@ fn send(args: SendArgs) -> Result<()> {
         return Ok(rt.block_on(crate::tools::client::interactive(
             &args.addr,
             args.framing,
+            &args.path,
             args.max_frame,
             args.timeout,
         ))?);
@@ -713,6 +718,9 @@ fn send(args: SendArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     if args.repeat > 1 || args.concurrency > 1 {
+        if args.framing == Framing::WebSocket {
+            bail!("--repeat and --concurrency speak raw, lines or length-prefixed framing; for WebSocket load use pier bench --framing websocket");
+        }
         let summary = rt.block_on(crate::tools::client::repeat(
             crate::tools::client::Repeat {
                 addr: args.addr.clone(),
@@ -743,7 +751,7 @@ fn send(args: SendArgs) -> Result<()> {
     let tls = args.tls.connector(&args.addr)?;
     let reply = rt.block_on(crate::tools::client::send_one(
         &args.addr,
-        args.framing,
+        (args.framing, &args.path),
         &message,
         args.timeout,
         args.max_frame,

@@ -67,6 +67,14 @@ pub enum SendFailure {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The server did not accept the WebSocket upgrade.
+    #[error("WebSocket upgrade to {addr} refused: {reason}")]
+    Upgrade {
+        /// The address.
+        addr: String,
+        /// The status line, or what was wrong with the answer.
+        reason: String,
+    },
     /// Reading or writing failed.
     #[error("i/o error talking to {addr}: {source}")]
     Io {
@@ -81,11 +89,65 @@ pub enum SendFailure {
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
 
+/// The largest upgrade answer read.
+const MAX_UPGRADE_ANSWER: usize = 16 * 1024;
+
+/// Opens a WebSocket on a connected stream: sends the upgrade request for `path` to `host`,
+/// reads the answer and checks its `101` and `Sec-WebSocket-Accept`. Returns the bytes that
+/// arrived after the answer (the server's first frames, e.g. a greeting).
+pub async fn websocket_handshake<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+) -> Result<BytesMut, String> {
+    let key = data_encoding::BASE64.encode(&rand::random::<[u8; 16]>());
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut answer = httparse::Response::new(&mut headers);
+        match answer.parse(&buf) {
+            Ok(httparse::Status::Complete(head)) => {
+                if answer.code != Some(101) {
+                    let line = String::from_utf8_lossy(&buf[..head]);
+                    return Err(line.lines().next().unwrap_or_default().to_string());
+                }
+                let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let accepted = answer.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("sec-websocket-accept")
+                        && h.value == expected.as_bytes()
+                });
+                if !accepted {
+                    return Err("wrong or missing Sec-WebSocket-Accept".into());
+                }
+                let _ = buf.split_to(head);
+                return Ok(buf);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_UPGRADE_ANSWER => {}
+            Ok(httparse::Status::Partial) => return Err("answer head too large".into()),
+            Err(err) => return Err(format!("not an HTTP answer ({err})")),
+        }
+        buf.reserve(4096);
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed before answering".into());
+        }
+    }
+}
+
+
 /// Sends `message` as one frame to `addr` (over TLS when `tls` is given) and returns the first
-/// reply frame.
+/// reply frame. `path` is the WebSocket path, for that framing.
 pub async fn send_one(
     addr: &str,
-    framing: Framing,
+    (framing, path): (Framing, &str),
     message: &[u8],
     timeout: Duration,
     max_frame: usize,
@@ -124,9 +186,18 @@ pub async fn send_one(
             addr: addr.to_string(),
             source,
         };
+        let mut arrived = BytesMut::new();
+        if framing == Framing::WebSocket {
+            arrived = websocket_handshake(&mut *stream, addr, path)
+                .await
+                .map_err(|reason| SendFailure::Upgrade {
+                    addr: addr.to_string(),
+                    reason,
+                })?;
+        }
         stream.write_all(&out).await.map_err(io_err)?;
         stream.flush().await.map_err(io_err)?;
-        read_reply(&mut *stream, addr, framing, max_frame, plaintext).await
+        read_reply(&mut *stream, addr, (framing, arrived), max_frame, plaintext).await
     };
     tokio::time::timeout(timeout, work)
         .await
@@ -144,6 +215,7 @@ fn other_framings(framing: &Framing) -> String {
         Framing::Lines,
         Framing::LengthPrefixed,
         Framing::Http,
+        Framing::WebSocket,
     ]
     .into_iter()
     .filter(|f| f != framing)
@@ -180,13 +252,18 @@ pub fn looks_like_tls(bytes: &[u8]) -> bool {
 async fn read_reply(
     stream: &mut dyn ClientIo,
     addr: &str,
-    framing: Framing,
+    (framing, mut buf): (Framing, BytesMut),
     max_frame: usize,
     plaintext: bool,
 ) -> Result<Bytes, SendFailure> {
-    let mut decoder = framing.decoder(max_frame);
-    let mut buf = BytesMut::with_capacity(decoder.read_hint());
+    let mut decoder = framing.client_decoder(max_frame);
     let mut checked = false;
+    if let Some(frame) = decoder.decode(&mut buf).map_err(|source| SendFailure::BadReply {
+        addr: addr.to_string(),
+        source,
+    })? {
+        return Ok(frame);
+    }
     loop {
         buf.reserve(decoder.read_hint());
         let n = stream
@@ -254,12 +331,13 @@ pub fn interactive_frame(framing: Framing, line: &str) -> Option<Vec<u8>> {
 pub async fn interactive(
     addr: &str,
     framing: Framing,
+    path: &str,
     max_frame: usize,
     idle: Duration,
 ) -> Result<(), SendFailure> {
     use tokio::io::AsyncBufReadExt;
 
-    let stream = TcpStream::connect(addr).await.map_err(|source| {
+    let mut stream = TcpStream::connect(addr).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::ConnectionRefused {
             SendFailure::Refused(addr.to_string())
         } else {
@@ -274,13 +352,26 @@ pub async fn interactive(
         addr: addr.to_string(),
         source,
     };
+    let mut buf = BytesMut::new();
+    if framing == Framing::WebSocket {
+        buf = websocket_handshake(&mut stream, addr, path)
+            .await
+            .map_err(|reason| SendFailure::Upgrade {
+                addr: addr.to_string(),
+                reason,
+            })?;
+    }
     let (mut reader, mut writer) = stream.into_split();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut decoder = framing.decoder(max_frame);
-    let mut buf = BytesMut::new();
+    let mut decoder = framing.client_decoder(max_frame);
     let mut input_done = false;
+    // Frames that came with the upgrade's answer (a greeting) are printed before anything is read.
+    let mut pending = !buf.is_empty();
     loop {
         buf.reserve(decoder.read_hint());
+        if std::mem::take(&mut pending) {
+            print_frames(&mut decoder, &mut buf, false).map_err(|source| SendFailure::BadReply { addr: addr.to_string(), source })?;
+        }
         tokio::select! {
             line = stdin.next_line(), if !input_done => {
                 let frame = match line.map_err(io_err)? {
@@ -302,24 +393,37 @@ pub async fn interactive(
             read = reader.read_buf(&mut buf) => {
                 let n = read.map_err(io_err)?;
                 let bad = |source| SendFailure::BadReply { addr: addr.to_string(), source };
-                let mut out = std::io::stdout().lock();
-                loop {
-                    let frame = if n == 0 { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
-                    match frame.map_err(bad)? {
-                        Some(frame) => {
-                            use std::io::Write;
-                            let _ = out.write_all(&frame);
-                            let _ = out.write_all(b"\n");
-                            let _ = out.flush();
-                        }
-                        None => break,
-                    }
-                }
+                print_frames(&mut decoder, &mut buf, n == 0).map_err(bad)?;
                 if n == 0 {
                     return Ok(());
                 }
             }
             _ = tokio::time::sleep(idle), if input_done => return Ok(()),
+        }
+    }
+}
+
+/// Prints every complete frame in `buf`, one per line (`eof`: the stream has ended).
+fn print_frames(
+    decoder: &mut crate::net::framing::FrameDecoder,
+    buf: &mut BytesMut,
+    eof: bool,
+) -> Result<(), FrameError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let frame = if eof {
+            decoder.decode_eof(buf)
+        } else {
+            decoder.decode(buf)
+        };
+        match frame? {
+            Some(frame) => {
+                let _ = out.write_all(&frame);
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
+            None => return Ok(()),
         }
     }
 }

@@ -2,6 +2,10 @@
 //! frame) with the same framing code and the same read-batch / single-write structure as pier,
 //! but no WebAssembly. Every pier figure in BENCHMARKS.md is a ratio against this server,
 //! measured in the same run (`pier baseline`, started by `pier bench --compare`).
+//!
+//! For WebSocket the baseline is tokio-tungstenite — tokio plus the protocol crate pier's codec
+//! uses — answering each message with one of the same kind, flushing once per batch of messages
+//! already read, as pier writes once per read.
 
 use anyhow::{Context, Result};
 use bytes::BytesMut;
@@ -24,15 +28,63 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         match tls.clone() {
             None => {
-                tokio::spawn(connection(stream, framing, max_frame));
+                tokio::spawn(serve_one(stream, framing, max_frame));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
                     if let Ok(stream) = acceptor.accept(stream).await {
-                        connection(stream, framing, max_frame).await;
+                        serve_one(stream, framing, max_frame).await;
                     }
                 });
             }
+        }
+    }
+}
+
+async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(stream: S, framing: Framing, max_frame: usize) {
+    if framing == Framing::WebSocket {
+        websocket(stream, max_frame).await;
+    } else {
+        connection(stream, framing, max_frame).await;
+    }
+}
+
+async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(stream: S, max_frame: usize) {
+    use futures_util::{FutureExt, SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_frame));
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
+        return;
+    };
+    let answer = |message: Message| -> Option<Message> {
+        match message {
+            Message::Text(text) => Some(Message::text(format!("Echo: {}", text.as_str()))),
+            Message::Binary(data) => {
+                let mut reply = Vec::with_capacity(6 + data.len());
+                reply.extend_from_slice(b"Echo: ");
+                reply.extend_from_slice(&data);
+                Some(Message::binary(reply))
+            }
+            _ => None,
+        }
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        let mut batch = vec![message];
+        // What has already arrived is answered in the same write.
+        while let Some(Some(Ok(more))) = ws.next().now_or_never() {
+            batch.push(more);
+        }
+        for message in batch {
+            if let Some(reply) = answer(message)
+                && ws.feed(reply).await.is_err()
+            {
+                return;
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
         }
     }
 }

@@ -253,32 +253,44 @@ impl Conn {
         }
     }
 
-    /// Connects (and handshakes, with TLS); on failure, the kind and the error.
-    async fn open(&self) -> Result<Box<dyn ClientIo>, (&'static str, std::io::Error)> {
+    /// Connects (and handshakes, with TLS, and upgrades, with WebSocket); on failure, the kind
+    /// and the error. Also returns what arrived after the upgrade's answer.
+    async fn open(&self) -> Result<(Box<dyn ClientIo>, BytesMut), (&'static str, std::io::Error)> {
         let tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|err| ("connect", err))?;
         let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            None => Ok(Box::new(tcp)),
+        let mut stream: Box<dyn ClientIo> = match &self.tls {
+            None => Box::new(tcp),
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|err| ("tls-handshake", err))?;
-                Ok(Box::new(tls))
+                Box::new(tls)
             }
+        };
+        let mut arrived = BytesMut::new();
+        if self.framing == Framing::WebSocket {
+            arrived = crate::tools::client::websocket_handshake(&mut *stream, &self.addr, "/")
+                .await
+                .map_err(|reason| ("websocket-upgrade", std::io::Error::other(reason)))?;
         }
+        Ok((stream, arrived))
     }
 
     /// Reconnect mode: each round trip on a fresh connection.
     async fn run_reconnecting(self, mut out: Outcome, frame: BytesMut) -> Outcome {
-        let mut decoder = self.framing.decoder(64 * 1024 * 1024);
+        let mut decoder = self.framing.client_decoder(64 * 1024 * 1024);
         let mut read_buf = BytesMut::with_capacity(4096);
         while self.take() {
             let started = Instant::now();
             let mut stream = match self.open().await {
-                Ok(stream) => stream,
+                Ok((stream, arrived)) => {
+                    read_buf.clear();
+                    read_buf.extend_from_slice(&arrived);
+                    stream
+                }
                 Err((kind, err)) => {
                     out.fail(kind, err);
                     return out;
@@ -288,7 +300,6 @@ impl Conn {
                 out.fail("write", err);
                 return out;
             }
-            read_buf.clear();
             let reply = loop {
                 let reply = if self.framing == Framing::Raw {
                     (read_buf.len() >= self.expected.len())
@@ -339,15 +350,16 @@ impl Conn {
         if self.reconnect {
             return self.run_reconnecting(out, frame).await;
         }
-        let mut stream = match self.open().await {
-            Ok(stream) => stream,
+        let (mut stream, arrived) = match self.open().await {
+            Ok(opened) => opened,
             Err((kind, err)) => {
                 out.fail(kind, err);
                 return out;
             }
         };
-        let mut decoder = self.framing.decoder(64 * 1024 * 1024);
+        let mut decoder = self.framing.client_decoder(64 * 1024 * 1024);
         let mut read_buf = BytesMut::with_capacity(64 * 1024);
+        read_buf.extend_from_slice(&arrived);
         let mut write_buf = BytesMut::new();
         let mut sent_at = std::collections::VecDeque::with_capacity(self.in_flight);
         let mut next_send = Instant::now();
