@@ -7,6 +7,7 @@
 
 pub mod ports;
 pub mod served;
+pub mod venv;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -229,7 +230,7 @@ impl Client {
 
     /// Reads the next frame; `None` if the server closed the connection (or reset it).
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
-        let mut decoder = self.framing.decoder(64 * 1024 * 1024);
+        let mut decoder = self.framing.client_decoder(64 * 1024 * 1024);
         loop {
             if let Some(frame) = decoder.decode(&mut self.buf).expect("valid reply framing") {
                 return Some(frame.to_vec());

@@ -138,6 +138,30 @@ impl Served {
         }
     }
 
+    /// The address of the first other door of config listener `name` (`[[listener.door]]`).
+    pub fn door_of(&self, name: &str) -> String {
+        let suffix = format!("; door of listener {name})");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with("pier: listening on ") && l.ends_with(&suffix))
+                .map(|l| listening_addr(l));
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener {name} reported no door; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until a log line contains `text`; false if none did within `WAIT`.
     pub fn wait_for_log(&self, text: &str) -> bool {
         self.wait_for_log_count(text, 1)
