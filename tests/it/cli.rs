@@ -888,14 +888,18 @@ fn the_example_pier_toml_serves_every_listener_it_names_tls_included() {
     let env = [
         ("PIER_ADMIN_ADDR", any),
         ("PIER_CHAT_ADDR", any),
+        ("PIER_CHAT_WS_ADDR", any),
         ("PIER_ECHO_ADDR", echo.as_str()),
         ("PIER_LPJSON_ADDR", any),
         ("PIER_WEB_ADDR", any),
         ("PIER_FRONT_ADDR", any),
         ("PIER_SECURE_ADDR", any),
     ];
-    let served = Served::start_with_env(&["--config", config.to_str().unwrap()], 6, WAIT, &env);
+    let served = Served::start_with_env(&["--config", config.to_str().unwrap()], 7, WAIT, &env);
     assert_eq!(served.addr_of("echo"), echo);
+    // chat's WebSocket door serves the chat page.
+    let page = served::http_get(&served.door_of("chat"), "/");
+    assert!(page.starts_with("HTTP/1.1 200 "), "{page}");
 
     // chat (lines): a greeting, then a name.
     let stream = TcpStream::connect(served.addr_of("chat")).unwrap();

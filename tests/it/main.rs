@@ -22,3 +22,4 @@ mod plugins;
 mod reload;
 mod tls;
 mod upstream;
+mod websocket;

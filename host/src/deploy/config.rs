@@ -972,6 +972,7 @@ fn opt_duration(text: Option<&str>, key: &str) -> Result<Option<Duration>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::framing::websocket::Replies;
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("/tmp/pier.toml"))
@@ -983,6 +984,9 @@ mod tests {
         let config = Config::parse(text, Path::new("examples/pier.toml")).expect("valid");
         assert_eq!(config.listeners.len(), 5);
         assert_eq!(config.upstreams.len(), 1);
+        let door = &config.listeners[0].doors[0];
+        assert_eq!(door.framing, Framing::WebSocket);
+        assert_eq!(door.websocket.as_ref().map(|w| w.path.as_str()), Some("/"));
         assert_eq!(config.listeners[4].upstreams, ["echo-backend"]);
         assert_eq!(
             config.admin,
@@ -1134,6 +1138,48 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("memroy"), "{err:#}");
+    }
+
+    #[test]
+    fn doors_and_websocket_settings_are_read_and_checked() {
+        let base = "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nplugin = \"chat\"\nframing = \"lines\"\n";
+        let config = parse(&format!(
+            "{base}[[listener.door]]\naddress = \"127.0.0.1:2\"\nframing = \"websocket\"\n\
+             [listener.door.websocket]\npath = \"/chat\"\norigins = [\"http://x\"]\nreplies = \"binary\"\n"
+        ))
+        .expect("valid");
+        let door = &config.listeners[0].doors[0];
+        let ws = door.websocket.as_ref().expect("websocket settings");
+        assert_eq!((ws.path.as_str(), ws.replies), ("/chat", Replies::Binary));
+        assert_eq!(ws.origins, ["http://x"]);
+        // A door without its table gets the defaults; a listener of another framing may not
+        // have one; a door may not reuse an address; a path must be plain.
+        let plain = parse(&format!(
+            "{base}[[listener.door]]\naddress = \"127.0.0.1:2\"\nframing = \"websocket\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            plain.listeners[0].doors[0].websocket,
+            Some(WebSocketSettings::default())
+        );
+        for (bad, expected) in [
+            ("[listener.websocket]\npath = \"/\"\n", "only for framing"),
+            (
+                "[[listener.door]]\naddress = \"127.0.0.1:1\"\nframing = \"raw\"\n",
+                "used by another",
+            ),
+            (
+                "[[listener.door]]\naddress = \"127.0.0.1:2\"\nframing = \"websocket\"\n[listener.door.websocket]\npath = \"chat\"\n",
+                "must start with /",
+            ),
+            (
+                "[[listener.door]]\naddress = \"127.0.0.1:2\"\nframing = \"ws\"\n",
+                "unknown framing",
+            ),
+        ] {
+            let err = parse(&format!("{base}{bad}")).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{bad}: {err:#}");
+        }
     }
 
     #[test]

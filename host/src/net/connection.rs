@@ -662,8 +662,9 @@ impl Connection {
         let full = batch.len() >= MAX_BATCH;
         // Report what arrived before the plugin runs, so its stats include these frames.
         self.report_traffic();
+        self.decoder.take_pongs(&mut self.write_buf);
         let handled = self.handle_batch(&batch).await;
-        // Pongs and the close reply, after the replies to what preceded them.
+        // The close reply, after the replies to what preceded it.
         self.decoder.take_output(&mut self.write_buf);
         batch.clear();
         // Keep a small batch allocation for the next read, not a large one for an idle connection.

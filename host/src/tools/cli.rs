@@ -719,7 +719,9 @@ fn send(args: SendArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     if args.repeat > 1 || args.concurrency > 1 {
         if args.framing == Framing::WebSocket {
-            bail!("--repeat and --concurrency speak raw, lines or length-prefixed framing; for WebSocket load use pier bench --framing websocket");
+            bail!(
+                "--repeat and --concurrency speak raw, lines or length-prefixed framing; for WebSocket load use pier bench --framing websocket"
+            );
         }
         let summary = rt.block_on(crate::tools::client::repeat(
             crate::tools::client::Repeat {

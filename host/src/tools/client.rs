@@ -142,7 +142,6 @@ pub async fn websocket_handshake<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     }
 }
 
-
 /// Sends `message` as one frame to `addr` (over TLS when `tls` is given) and returns the first
 /// reply frame. `path` is the WebSocket path, for that framing.
 pub async fn send_one(
@@ -258,10 +257,13 @@ async fn read_reply(
 ) -> Result<Bytes, SendFailure> {
     let mut decoder = framing.client_decoder(max_frame);
     let mut checked = false;
-    if let Some(frame) = decoder.decode(&mut buf).map_err(|source| SendFailure::BadReply {
-        addr: addr.to_string(),
-        source,
-    })? {
+    if let Some(frame) = decoder
+        .decode(&mut buf)
+        .map_err(|source| SendFailure::BadReply {
+            addr: addr.to_string(),
+            source,
+        })?
+    {
         return Ok(frame);
     }
     loop {
@@ -370,7 +372,12 @@ pub async fn interactive(
     loop {
         buf.reserve(decoder.read_hint());
         if std::mem::take(&mut pending) {
-            print_frames(&mut decoder, &mut buf, false).map_err(|source| SendFailure::BadReply { addr: addr.to_string(), source })?;
+            print_frames(&mut decoder, &mut buf, false).map_err(|source| {
+                SendFailure::BadReply {
+                    addr: addr.to_string(),
+                    source,
+                }
+            })?;
         }
         tokio::select! {
             line = stdin.next_line(), if !input_done => {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// What the WebSocket tests import.
-const PACKAGES: &[&str] = &["websockets==17.4", "websocket-client==1.9.2", "playwright==1.65.3"];
+/// What the WebSocket tests import (also read by `.ci/run`).
+const REQUIREMENTS: &str = include_str!("../scripts/requirements.txt");
 
 /// The venv's python, made (once per test process) if missing.
 pub fn python() -> PathBuf {
@@ -19,7 +19,7 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| super::served::tmp().join("ws-venv"));
     let python = venv.join("bin/python");
     let ready = venv.join(".pier-ready");
-    if !ready.exists() {
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(REQUIREMENTS) {
         let ok = Command::new("python3")
             .args(["-m", "venv"])
             .arg(&venv)
@@ -27,12 +27,22 @@ pub fn python() -> PathBuf {
             .expect("python3 -m venv");
         assert!(ok.success(), "python3 -m venv failed");
         let ok = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(PACKAGES)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("-r")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/it/scripts/requirements.txt"
+            ))
             .status()
             .expect("pip install");
-        assert!(ok.success(), "pip install {PACKAGES:?} failed");
-        std::fs::write(&ready, PACKAGES.join("\n")).expect("mark the venv ready");
+        assert!(ok.success(), "pip install -r requirements.txt failed");
+        std::fs::write(&ready, REQUIREMENTS).expect("mark the venv ready");
     }
     python
 }

@@ -243,6 +243,13 @@ impl FrameDecoder {
         }
     }
 
+    /// Moves the WebSocket pongs owed to `out`, ahead of the replies to the frames decoded.
+    pub fn take_pongs(&mut self, out: &mut BytesMut) {
+        if let Inner::WebSocket(codec) = &mut self.inner {
+            codec.take_pongs(out);
+        }
+    }
+
     /// Moves what the protocol itself answers (WebSocket pongs and the close reply) to `out`.
     pub fn take_output(&mut self, out: &mut BytesMut) {
         if let Inner::WebSocket(codec) = &mut self.inner {

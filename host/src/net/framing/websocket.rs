@@ -98,8 +98,10 @@ pub struct WsCodec {
     partial: Option<Partial>,
     /// The kind of the last complete message received (for [`Replies::Auto`]).
     last_text: bool,
-    /// Protocol answers (pongs, the close reply) waiting to be written.
+    /// Pongs waiting to be written.
     output: BytesMut,
+    /// The close frame waiting to be written (after the replies owed before it).
+    close_out: BytesMut,
     /// The peer's close frame arrived: nothing after it is read.
     peer_closed: bool,
     /// A close frame was written: no data frame may follow it.
@@ -116,6 +118,7 @@ impl WsCodec {
             partial: None,
             last_text: true,
             output: BytesMut::new(),
+            close_out: BytesMut::new(),
             peer_closed: false,
             close_sent: false,
         }
@@ -131,11 +134,20 @@ impl WsCodec {
         self.partial.as_ref().map_or(0, |p| p.data.len())
     }
 
-    /// Moves the protocol's own answers (pongs, the close reply) to `out`.
-    pub fn take_output(&mut self, out: &mut BytesMut) {
+    /// Moves the pongs owed to `out`: they may go ahead of replies, as soon as practical.
+    pub fn take_pongs(&mut self, out: &mut BytesMut) {
         if !self.output.is_empty() {
             out.extend_from_slice(&self.output);
             self.output.clear();
+        }
+    }
+
+    /// Moves everything the protocol owes to `out`: pongs, then the close frame.
+    pub fn take_output(&mut self, out: &mut BytesMut) {
+        self.take_pongs(out);
+        if !self.close_out.is_empty() {
+            out.extend_from_slice(&self.close_out);
+            self.close_out.clear();
         }
     }
 
@@ -304,7 +316,12 @@ impl WsCodec {
         let mut payload = Vec::with_capacity(2 + reason.len());
         payload.extend_from_slice(&code.to_be_bytes());
         payload.extend_from_slice(reason.as_bytes());
-        self.push_frame(OpCode::Control(Control::Close), &payload);
+        format_frame(
+            self.role,
+            OpCode::Control(Control::Close),
+            &payload,
+            &mut self.close_out,
+        );
         self.close_sent = true;
     }
 
@@ -407,7 +424,7 @@ fn invalid_text() -> FrameError {
 pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     let mut codec = WsCodec::new(Role::Server, 0, Replies::Auto);
     codec.close(code, reason);
-    codec.output.to_vec()
+    codec.close_out.to_vec()
 }
 
 #[cfg(test)]

@@ -41,7 +41,11 @@ pub async fn serve(
     }
 }
 
-async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(stream: S, framing: Framing, max_frame: usize) {
+async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    framing: Framing,
+    max_frame: usize,
+) {
     if framing == Framing::WebSocket {
         websocket(stream, max_frame).await;
     } else {
