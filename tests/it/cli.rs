@@ -211,7 +211,7 @@ fn send_failures_are_one_line_and_non_zero() {
     );
     // The usual cause is a framing the server does not use: the line says how to pick another.
     assert!(
-        err.contains("--framing (lines, length-prefixed, http)"),
+        err.contains("--framing (lines, length-prefixed, http, websocket)"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
