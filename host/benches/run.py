@@ -11,6 +11,8 @@ Every pier figure is measured next to its peer in the same run on the same machi
 - kn-sock's async server (the seed's Python server, from PyPI) under the same load as pier;
 - HTTP: pier's http plugin vs nginx `return 200`, with wrk (Debian packages nginx-light, wrk),
   where installed.
+- WebSocket: pier's echo behind `--framing websocket` vs a tokio-tungstenite echo server (the
+  protocol crate pier's codec uses), 1 and 32 messages in flight;
 - TLS: pier with a TLS listener vs the native baseline with tokio-rustls, same generated
   certificate: echo round trips over established connections, and handshakes per second
   (`--reconnect`: connect, handshake, one frame, close).
@@ -73,12 +75,17 @@ def machine():
             f"measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
 
 
-def echo_table(duration, rounds, connections):
+ECHO_CASES = [("raw", 1), ("lines", 1), ("lines", 32), ("length-prefixed", 1),
+              ("length-prefixed", 32)]
+# The native WebSocket peer is tokio-tungstenite (`pier baseline --framing websocket`).
+WEBSOCKET_CASES = [("websocket", 1), ("websocket", 32)]
+
+
+def echo_table(duration, rounds, connections, cases=ECHO_CASES):
     rows = ["| framing | in flight | native round trips/s | pier round trips/s | pier/native | "
             "native CPU µs/rt | pier CPU µs/rt | CPU ratio | pier p50 / p99 µs | mismatches |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    for framing, in_flight in [("raw", 1), ("lines", 1), ("lines", 32),
-                               ("length-prefixed", 1), ("length-prefixed", 32)]:
+    for framing, in_flight in cases:
         out = bench_json(["--compare", "--framing", framing, "--in-flight", str(in_flight),
                           "--connections", str(connections), "--duration", duration,
                           "--rounds", str(rounds)])
@@ -224,6 +231,9 @@ def main():
     print(f"### Echo, {args.connections} connections, 16 B frames, median of {args.rounds} "
           f"alternating rounds of {args.duration}\n")
     print(echo_table(args.duration, args.rounds, args.connections))
+    print(f"\n### WebSocket echo (native: tokio-tungstenite), {args.connections} connections, 16 B "
+          f"text messages\n")
+    print(echo_table(args.duration, args.rounds, args.connections, WEBSOCKET_CASES))
     print(f"\n### Idle connections\n\n{idle_table(args.idle)}")
     print(f"\n### The seed's Python server\n\n{knsock_table(args.duration, args.connections)}")
     print(f"\n### HTTP\n\n{http_table(args.duration)}")

@@ -458,6 +458,26 @@ fn the_plugin_closing_the_connection_sends_1000() {
     assert!(raw.next().is_some());
     raw.frame(0x81, b"/quit");
     assert_eq!(raw.close_code(), 1000);
+    // The same through a client that checks the closing handshake: the host's close, the
+    // client's answer, then the TCP close — a clean close on both sides.
+    let script = r#"
+import asyncio, sys, websockets
+async def main():
+    async with websockets.connect("ws://" + sys.argv[1] + "/") as ws:
+        assert "Enter your name" in await ws.recv()
+        await ws.send("eve")
+        assert (await ws.recv()).startswith("Hello eve")
+        await ws.send("/quit")
+        try:
+            while True:
+                await ws.recv()
+        except websockets.ConnectionClosedOK as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 1000, closed
+            assert closed.rcvd_then_sent, "the server closed first"
+    print("ok")
+asyncio.run(main())
+"#;
+    assert_eq!(python(script, &[&served.addr]).trim(), "ok");
 }
 
 #[test]
@@ -547,4 +567,141 @@ framing = "websocket"
         served.log()
     );
     assert!(shot.exists(), "the script took a screenshot");
+}
+
+#[test]
+fn wss_uses_the_listeners_tls_settings() {
+    let (certs, _) = crate::support::served::certificates("ws-tls-certs", &[]);
+    let pem = |name: &str| certs.join(name).to_str().expect("utf-8").to_string();
+    let served = Served::start(&[
+        "echo",
+        "--framing",
+        "websocket",
+        "--tls-cert",
+        &pem("server.pem"),
+        "--tls-key",
+        &pem("server-key.pem"),
+    ]);
+    let script = r#"
+import asyncio, ssl, sys, websockets
+async def main():
+    ctx = ssl.create_default_context(cafile=sys.argv[2])
+    async with websockets.connect("wss://localhost:" + sys.argv[1].rsplit(":", 1)[1] + "/", ssl=ctx) as ws:
+        await ws.send("secret")
+        assert await ws.recv() == "Echo: secret"
+    print("ok")
+asyncio.run(main())
+"#;
+    assert_eq!(python(script, &[&served.addr, &pem("ca.pem")]).trim(), "ok");
+    // pier's own client, over the same TLS.
+    let out = crate::support::served::pier()
+        .args([
+            "send",
+            "--framing",
+            "websocket",
+            "--tls",
+            "--ca",
+            &pem("ca.pem"),
+            &served.addr,
+            "hi",
+        ])
+        .output()
+        .expect("pier send");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Echo: hi\n");
+}
+
+#[test]
+fn per_address_admission_applies_before_the_upgrade() {
+    let path = config(
+        "ws-admission",
+        r#"
+[[listener]]
+name = "ws"
+address = "127.0.0.1:0"
+plugin = "echo"
+framing = "websocket"
+[listener.limits]
+max_connections_per_address = 1
+"#,
+    );
+    let served = serve_config(&path, 1);
+    let mut first = Raw::open(&served.addr, "");
+    // The second connection from the same address is closed before any upgrade answer.
+    let mut second = TcpStream::connect(&served.addr).expect("connect");
+    second.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = second.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    first.frame(0x81, b"first");
+    assert_eq!(first.next(), Some((0x81, b"Echo: first".to_vec())));
+}
+
+#[test]
+fn shutdown_closes_websockets_with_1001_and_idle_ones_get_1008() {
+    let path = config(
+        "ws-goodbyes",
+        r#"
+[[listener]]
+name = "ws"
+address = "127.0.0.1:0"
+plugin = "echo"
+framing = "websocket"
+[listener.limits]
+idle_timeout = "300ms"
+[[listener.door]]
+address = "127.0.0.1:0"
+framing = "websocket"
+"#,
+    );
+    let mut served = serve_config(&path, 2);
+    let mut idle = Raw::open(&served.addr, "");
+    assert_eq!(idle.close_code(), 1008);
+    let mut open = Raw::open(&served.door_of("ws"), "");
+    open.frame(0x81, b"x");
+    assert!(open.next().is_some());
+    served.signal("TERM");
+    assert_eq!(open.close_code(), 1001);
+    served.wait_exit();
+}
+
+#[test]
+fn pier_send_speaks_websocket_and_prints_the_greeting() {
+    let served = Served::start(&["chat", "--framing", "websocket"]);
+    let out = crate::support::served::pier()
+        .args(["send", "--framing", "websocket", &served.addr, "ignored"])
+        .output()
+        .expect("pier send");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Welcome to pier chat! Enter your name:\n"
+    );
+    let out = crate::support::served::pier()
+        .args([
+            "send",
+            "--framing",
+            "websocket",
+            "--path",
+            "/nowhere",
+            &served.addr,
+            "x",
+        ])
+        .output()
+        .expect("pier send");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WebSocket upgrade to"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

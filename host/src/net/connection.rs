@@ -678,7 +678,6 @@ impl Connection {
             warn!("protocol error, closing: {err}");
             if let crate::net::framing::FrameError::WebSocket { code, reason } = &err {
                 // Through the codec, so nothing is written after this close frame.
-                self.count_out(0);
                 self.goodbye(*code, reason);
             } else if let Some(reply) = err.reply() {
                 self.count_out(reply.len());

@@ -175,20 +175,25 @@ pub async fn accept(
     Upgrade::Answered
 }
 
-/// Reads until the request head is complete; its length.
+/// Reads until the request head is complete; its length. The head is parsed once its blank
+/// line has arrived (or when its first byte cannot start a request), so a request trickling in a
+/// byte at a time costs linear, not quadratic, work.
 async fn read_request(transport: &mut Transport, buf: &mut BytesMut) -> Result<usize, Refusal> {
+    let mut searched = 0;
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(buf) {
-            Ok(httparse::Status::Complete(head)) => return Ok(head),
-            Ok(httparse::Status::Partial) => {}
-            Err(err) => {
-                return Err(refuse(
-                    "malformed",
-                    400,
-                    format!("malformed request: {err}"),
-                ));
+        let ended = buf[searched..].windows(4).any(|w| w == b"\r\n\r\n");
+        searched = buf.len().saturating_sub(3);
+        let garbage = buf.first().is_some_and(|b| !b.is_ascii_uppercase());
+        if ended || garbage {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(buf) {
+                Ok(httparse::Status::Complete(head)) => return Ok(head),
+                Ok(httparse::Status::Partial) => {}
+                Err(err) => {
+                    let message = format!("malformed request: {err}");
+                    return Err(refuse("malformed", 400, message));
+                }
             }
         }
         if buf.len() >= MAX_REQUEST {
