@@ -19,6 +19,7 @@ mod languages;
 mod limits;
 mod live;
 mod plugins;
+mod proxy;
 mod reload;
 mod tls;
 mod upstream;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::builtin;
 use crate::limits::{DEFAULT_WRITE_QUEUE, InstanceLimits, Limits, SlowConsumer};
 use crate::net::framing::Framing;
+use crate::net::proxy::ProxySettings;
 use crate::net::tls::{SniCert, TlsOptions};
 use crate::net::upgrade::WebSocketSettings;
 use crate::runtime::PluginConfig;
@@ -115,6 +116,8 @@ pub struct ListenerSpec {
     pub websocket: Option<WebSocketSettings>,
     /// Other addresses of the same tenant (`[[listener.door]]`).
     pub doors: Vec<DoorSpec>,
+    /// The PROXY protocol on the listener's address (`proxy_protocol`, `proxy_from`).
+    pub proxy: Option<ProxySettings>,
 }
 
 /// Another address of a listener's tenant, with its own framing and TLS
@@ -132,6 +135,8 @@ pub struct DoorSpec {
     pub tls: Option<TlsOptions>,
     /// The upgrade settings when `framing` is WebSocket.
     pub websocket: Option<WebSocketSettings>,
+    /// The PROXY protocol on this door.
+    pub proxy: Option<ProxySettings>,
 }
 
 impl ListenerSpec {
@@ -147,6 +152,7 @@ impl ListenerSpec {
             && self.limits == other.limits
             && self.websocket == other.websocket
             && self.doors == other.doors
+            && self.proxy == other.proxy
             && self
                 .sni_plugins
                 .iter()
@@ -299,6 +305,9 @@ struct RawListener {
     websocket: Option<RawWebSocket>,
     #[serde(default)]
     door: Vec<RawDoor>,
+    proxy_protocol: Option<String>,
+    #[serde(default)]
+    proxy_from: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -310,6 +319,9 @@ struct RawDoor {
     framing: String,
     tls: Option<RawTls>,
     websocket: Option<RawWebSocket>,
+    proxy_protocol: Option<String>,
+    #[serde(default)]
+    proxy_from: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -572,6 +584,11 @@ fn listener(raw: RawListener, base: &Path, defined: &HashSet<&str>) -> Result<Li
         })
         .collect();
     let websocket = websocket_settings(framing, raw.websocket, base, "websocket")?;
+    let proxy = proxy_settings(
+        raw.proxy_protocol.as_deref(),
+        &raw.proxy_from,
+        tls.as_ref().map(|t| t.handshake_timeout),
+    )?;
     let doors = raw
         .door
         .into_iter()
@@ -592,6 +609,7 @@ fn listener(raw: RawListener, base: &Path, defined: &HashSet<&str>) -> Result<Li
         plugin_config,
         websocket,
         doors,
+        proxy,
     })
 }
 
@@ -615,9 +633,54 @@ fn door_spec(raw: RawDoor, base: &Path) -> Result<DoorSpec> {
         address,
         reuse_port: raw.reuse_port,
         websocket: websocket_settings(framing, raw.websocket, base, "websocket")?,
+        proxy: proxy_settings(
+            raw.proxy_protocol.as_deref(),
+            &raw.proxy_from,
+            tls.as_ref().map(|t| t.handshake_timeout),
+        )?,
         framing,
         tls,
     })
+}
+
+/// `proxy_protocol` and `proxy_from` of a listener or door. The header must arrive within the
+/// TLS handshake timeout on a TLS socket, else within 10 s.
+pub fn proxy_settings(
+    protocol: Option<&str>,
+    from: &[String],
+    tls_timeout: Option<Duration>,
+) -> Result<Option<ProxySettings>> {
+    let Some(protocol) = protocol else {
+        if !from.is_empty() {
+            bail!("proxy_from: only with proxy_protocol");
+        }
+        return Ok(None);
+    };
+    let version = protocol
+        .parse()
+        .map_err(|e: String| anyhow!("proxy_protocol: {e}"))?;
+    if from.is_empty() {
+        bail!(
+            "proxy_protocol needs proxy_from: the load balancers allowed to send the header, e.g. [\"10.0.0.0/8\"]"
+        );
+    }
+    let from = from
+        .iter()
+        .map(|text| parse_net(text).map_err(|e| anyhow!("proxy_from: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(ProxySettings {
+        version,
+        from,
+        timeout: tls_timeout.unwrap_or(crate::net::proxy::DEFAULT_TIMEOUT),
+    }))
+}
+
+/// A network (`10.0.0.0/8`) or one address (`127.0.0.1`, `::1`).
+pub fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{text}` is not an address or a network like 10.0.0.0/8"))
 }
 
 /// The `[websocket]` table of a listener or door: only with WebSocket framing, where it is
@@ -1175,6 +1238,42 @@ mod tests {
             (
                 "[[listener.door]]\naddress = \"127.0.0.1:2\"\nframing = \"ws\"\n",
                 "unknown framing",
+            ),
+        ] {
+            let err = parse(&format!("{base}{bad}")).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_balancers() {
+        let base = "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nplugin = \"echo\"\n";
+        let config = parse(&format!(
+            "{base}proxy_protocol = \"v2\"\nproxy_from = [\"10.0.0.0/8\", \"::1\"]\n"
+        ))
+        .expect("valid");
+        let proxy = config.listeners[0].proxy.as_ref().expect("proxy settings");
+        assert_eq!(proxy.version, crate::net::proxy::ProxyVersion::V2);
+        assert!(proxy.trusts("10.20.30.40".parse().expect("ip")));
+        assert!(
+            proxy.trusts("::ffff:10.0.0.1".parse().expect("ip")),
+            "IPv4-mapped"
+        );
+        assert!(proxy.trusts("::1".parse().expect("ip")));
+        assert!(!proxy.trusts("192.168.0.1".parse().expect("ip")));
+        for (bad, expected) in [
+            ("proxy_protocol = \"v2\"\n", "needs proxy_from"),
+            (
+                "proxy_from = [\"10.0.0.0/8\"]\n",
+                "only with proxy_protocol",
+            ),
+            (
+                "proxy_protocol = \"v3\"\nproxy_from = [\"10.0.0.0/8\"]\n",
+                "unknown proxy_protocol",
+            ),
+            (
+                "proxy_protocol = \"any\"\nproxy_from = [\"10.0.0.0/33\"]\n",
+                "not an address",
             ),
         ] {
             let err = parse(&format!("{base}{bad}")).unwrap_err();

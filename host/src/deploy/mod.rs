@@ -351,7 +351,12 @@ impl Deployer {
                 ),
                 None => None,
             };
-            doors.push(Door::new(door.framing, tls, door.websocket.clone()));
+            doors.push(Door::new(
+                door.framing,
+                tls,
+                door.websocket.clone(),
+                door.proxy.clone(),
+            ));
         }
         Ok(Prepared {
             plugin,
@@ -415,6 +420,7 @@ impl Deployer {
             plugin_config: spec.plugin_config.clone(),
             upstreams: prepared.grants.clone(),
             websocket: spec.websocket.clone(),
+            proxy: spec.proxy.clone(),
         };
         let routes = prepared
             .routes

@@ -60,6 +60,20 @@ pub struct Admission {
     unlogged: Mutex<(u64, Option<Instant>)>,
 }
 
+/// A connection's place under `max_connections`, before its address is known.
+pub struct Pending {
+    permit: OwnedSemaphorePermit,
+    admission: Arc<Admission>,
+}
+
+impl Pending {
+    /// Applies the per-address limits to `ip`: the connection's full admission, or the limit
+    /// that refuses it (the place is given back).
+    pub fn at(self, ip: IpAddr) -> Result<Admitted, Refused> {
+        self.admission.admit_address(self.permit, ip)
+    }
+}
+
 /// Holds a connection's place until it ends.
 pub struct Admitted {
     _permit: OwnedSemaphorePermit,
@@ -95,11 +109,28 @@ impl Admission {
 
     /// Admits a client from `ip`, or says which limit refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
+        self.admit_pending()?.at(ip)
+    }
+
+    /// Takes a place under `max_connections` for a client whose address is not known yet (a
+    /// PROXY protocol header will say it); [`Pending::at`] applies the per-address limits then.
+    pub fn admit_pending(self: &Arc<Self>) -> Result<Pending, Refused> {
         let permit = self
             .permits
             .clone()
             .try_acquire_owned()
             .map_err(|_| self.refuse(Refused::MaxConnections))?;
+        Ok(Pending {
+            permit,
+            admission: self.clone(),
+        })
+    }
+
+    fn admit_address(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        ip: IpAddr,
+    ) -> Result<Admitted, Refused> {
         if self.per_address.is_none() && self.rate.is_none() {
             return Ok(Admitted {
                 _permit: permit,
@@ -149,6 +180,17 @@ impl Admission {
     /// Counts a refusal and logs it (with how many went unlogged) at most once a second;
     /// returns `why` for the caller.
     fn refuse(&self, why: Refused) -> Refused {
+        self.count_refusal(why.name());
+        why
+    }
+
+    /// Counts a connection from an address not in the door's `proxy_from` (logged like a limit).
+    pub fn note_untrusted(&self, ip: IpAddr) {
+        self.count_refusal("proxy_from");
+        tracing::debug!(%ip, "refused: not a trusted load balancer (proxy_from)");
+    }
+
+    fn count_refusal(&self, limit: &str) {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let mut unlogged = lock(&self.unlogged);
         unlogged.0 += 1;
@@ -158,13 +200,12 @@ impl Admission {
             .is_none_or(|last| now.duration_since(last).as_secs() >= 1)
         {
             tracing::warn!(
-                limit = why.name(),
+                limit,
                 refused = unlogged.0,
                 "refusing new clients: limit reached (count since the last report)"
             );
             *unlogged = (0, Some(now));
         }
-        why
     }
 }
 

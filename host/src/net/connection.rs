@@ -21,9 +21,10 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::net::admission::Admitted;
+use crate::net::admission::{Admitted, Pending};
 use crate::net::framing::websocket::{self, Role};
 use crate::net::framing::{FrameDecoder, Framing};
+use crate::net::proxy;
 use crate::net::tls::{TlsInfo, TlsListener};
 use crate::net::transport::Transport;
 use crate::net::upgrade::{self, Upgrade};
@@ -47,11 +48,20 @@ pub struct Job {
     /// The socket, detached from the accepting runtime (it is re-registered on the worker's).
     pub stream: std::net::TcpStream,
     /// The connection's place under the listener's limits; released when the connection ends.
-    pub admitted: Admitted,
+    pub admitted: Place,
     /// What the listener serves.
     pub listener: Arc<ListenerShared>,
     /// The door it came in through: its framing, TLS and WebSocket settings.
     pub door: Arc<Door>,
+}
+
+/// A connection's place under its listener's admission limits.
+pub enum Place {
+    /// Admitted in full, by the socket's address.
+    Admitted(Admitted),
+    /// Holding a `max_connections` place; the per-address limits apply once the PROXY header
+    /// has said whose connection it is.
+    AwaitingProxyHeader(Pending),
 }
 
 /// How long, and how many bytes, a connection closed after an error reply keeps reading what
@@ -71,26 +81,58 @@ pub async fn serve(job: Job, instances: &Instances) -> Arc<ListenerShared> {
         listener,
         door,
     } = job;
-    let remote = stream
+    let socket_peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".into());
+    // `peer` is the client: the socket's peer, or who a PROXY header says it relays.
     let span = info_span!(
         "conn",
         listener = %listener.name,
         plugin = tracing::field::Empty,
         conn = tracing::field::Empty,
-        peer = %remote
+        peer = tracing::field::Empty,
+        via = tracing::field::Empty,
     );
     let mut served = listener.clone();
     async {
-        let stream = match TcpStream::from_std(stream) {
+        let mut stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(err) => {
-                warn!("cannot register the socket: {err}");
+                warn!(peer = %socket_peer, "cannot register the socket: {err}");
                 return;
             }
         };
+        let (remote, admitted) = match admitted {
+            Place::Admitted(admitted) => (socket_peer, admitted),
+            Place::AwaitingProxyHeader(pending) => {
+                tracing::Span::current().record("via", socket_peer.as_str());
+                let Some(settings) = &door.proxy else {
+                    return;
+                };
+                let client = match Box::pin(proxy::read_header(&mut stream, settings)).await {
+                    Ok(Some(client)) => client.to_string(),
+                    Ok(None) => socket_peer,
+                    Err((why, detail)) => {
+                        listener.metrics.proxy_refused(why.name());
+                        warn!(reason = why.name(), "PROXY header refused: {detail}");
+                        return;
+                    }
+                };
+                let ip = client
+                    .parse::<std::net::SocketAddr>()
+                    .map(|a| a.ip())
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                match pending.at(ip) {
+                    Ok(admitted) => (client, admitted),
+                    Err(why) => {
+                        listener.metrics.refused(why.name());
+                        return;
+                    }
+                }
+            }
+        };
+        tracing::Span::current().record("peer", remote.as_str());
         let local = stream
             .local_addr()
             .map(|a| a.to_string())
@@ -1013,7 +1055,7 @@ mod tests {
         let task = serve(
             Job {
                 stream,
-                admitted,
+                admitted: Place::Admitted(admitted),
                 door: listener.door.clone(),
                 listener,
             },

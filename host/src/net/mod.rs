@@ -4,6 +4,7 @@
 //!
 //! - [`server`]: the worker pool and the accept loops of any number of listeners, drain.
 //! - [`admission`]: connection limits per listener and per client address.
+//! - [`proxy`]: the PROXY protocol header a load balancer sends before its client's bytes.
 //! - [`worker`]: worker threads, each with its own runtime; connections are pinned to one.
 //! - [`connection`]: one client — read, frame, call the plugin, write replies.
 //! - [`transport`]: plain TCP or TLS streams, read into a per-worker scratch buffer.
@@ -15,6 +16,7 @@
 pub mod admission;
 pub mod connection;
 pub mod framing;
+pub mod proxy;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::net::admission::Admission;
-use crate::net::connection::Job;
+use crate::net::connection::{Job, Place};
+use crate::net::proxy::ProxyRefusal;
 use crate::net::worker::WorkerPool;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::tenant::listener::{Door, ListenerShared};
@@ -350,7 +351,22 @@ async fn accept_loop(
                 continue;
             }
         };
-        let admitted = match admission.admit(peer.ip()) {
+        let admitted = match &door.proxy {
+            None => admission.admit(peer.ip()).map(Place::Admitted),
+            // Behind a load balancer the per-address limits wait for the PROXY header (read on
+            // the connection's task, so a slow header stalls no one else); only the balancers
+            // themselves may connect.
+            Some(proxy) if proxy.trusts(peer.ip()) => {
+                admission.admit_pending().map(Place::AwaitingProxyHeader)
+            }
+            Some(_) => {
+                shared.metrics.proxy_refused(ProxyRefusal::Untrusted.name());
+                admission.note_untrusted(peer.ip());
+                drop(stream);
+                continue;
+            }
+        };
+        let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(why) => {
                 shared.metrics.refused(why.name());

@@ -57,6 +57,7 @@ struct Families {
     config_reloads: IntCounterVec,
     tls_failures: IntCounterVec,
     websocket_refused: IntCounterVec,
+    proxy_refused: IntCounterVec,
     write_queue_full: IntCounterVec,
     budget_refusals: IntCounterVec,
     output_dropped: IntCounterVec,
@@ -226,6 +227,11 @@ impl Families {
                 "WebSocket upgrades the host refused, by reason: timeout, malformed, not-upgrade, version, origin, path, closed.",
                 &["listener", "reason"],
             ),
+            proxy_refused: counter(
+                "pier_proxy_protocol_refused_total",
+                "Connections refused at the PROXY protocol header, by reason: untrusted (not from proxy_from), missing, malformed, timeout, too-large.",
+                &["listener", "reason"],
+            ),
             write_queue_full: counter(
                 "pier_write_queue_full_total",
                 "Frames refused because a slow client's write queue was full, by the slow-consumer action taken: drop (frame dropped), close (connection closed).",
@@ -347,6 +353,16 @@ impl ListenerMetrics {
         if let Some(name) = &self.listener {
             FAMILIES
                 .tls_failures
+                .with_label_values(&[name.as_ref(), reason])
+                .inc();
+        }
+    }
+
+    /// Counts a connection refused at its PROXY protocol header.
+    pub fn proxy_refused(&self, reason: &str) {
+        if let Some(name) = &self.listener {
+            FAMILIES
+                .proxy_refused
                 .with_label_values(&[name.as_ref(), reason])
                 .inc();
         }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limits::Limits;
 use crate::net::framing::{DEFAULT_MAX_FRAME, Framing};
+use crate::net::proxy::ProxySettings;
 use crate::net::tls::TlsListener;
 use crate::net::upgrade::WebSocketSettings;
 use crate::ops::metrics::ListenerMetrics;
@@ -48,6 +49,8 @@ pub struct ListenerSettings {
     pub upstreams: crate::upstream::Grants,
     /// The upgrade settings, when `framing` is WebSocket.
     pub websocket: Option<WebSocketSettings>,
+    /// The PROXY protocol on the listener's own address.
+    pub proxy: Option<ProxySettings>,
 }
 
 /// One way into a tenant: how the connections accepted on one socket are framed and secured.
@@ -59,6 +62,8 @@ pub struct Door {
     /// The upgrade settings of a WebSocket door (the defaults when the framing is WebSocket and
     /// none were given).
     pub websocket: Option<Arc<WebSocketSettings>>,
+    /// The PROXY protocol, when the door sits behind load balancers.
+    pub proxy: Option<Arc<ProxySettings>>,
 }
 
 impl Door {
@@ -67,6 +72,7 @@ impl Door {
         framing: Framing,
         tls: Option<Arc<TlsListener>>,
         websocket: Option<WebSocketSettings>,
+        proxy: Option<ProxySettings>,
     ) -> Arc<Door> {
         let websocket =
             (framing == Framing::WebSocket).then(|| Arc::new(websocket.unwrap_or_default()));
@@ -74,6 +80,7 @@ impl Door {
             framing,
             tls,
             websocket,
+            proxy: proxy.map(Arc::new),
         })
     }
 }
@@ -130,6 +137,7 @@ impl ListenerShared {
                 plugin_config: PluginConfig::new(),
                 upstreams: Vec::new(),
                 websocket: None,
+                proxy: None,
             },
             plugin,
             tls: None,
@@ -190,7 +198,12 @@ impl ListenerShared {
             budgets,
             hub,
             ctx,
-            door: Door::new(settings.framing, tls.clone(), settings.websocket),
+            door: Door::new(
+                settings.framing,
+                tls.clone(),
+                settings.websocket,
+                settings.proxy,
+            ),
             tls,
             routes: routes
                 .into_iter()

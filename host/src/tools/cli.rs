@@ -144,6 +144,21 @@ pub struct ServeArgs {
     #[arg(long)]
     pub reuse_port: bool,
 
+    /// Expect a PROXY protocol header (v1, v2 or any) from a load balancer before each client's
+    /// bytes; its address is then the client's everywhere. Needs `--proxy-from`.
+    #[arg(long, value_name = "VERSION", requires = "proxy_from")]
+    pub proxy_protocol: Option<String>,
+
+    /// The load balancers trusted to send the PROXY header (address or network, repeat or
+    /// comma-separate); connections from elsewhere are refused.
+    #[arg(
+        long,
+        value_name = "NET",
+        value_delimiter = ',',
+        requires = "proxy_protocol"
+    )]
+    pub proxy_from: Vec<String>,
+
     /// Upstream server(s) for the plugin, as `host:port` (repeat or comma-separate for
     /// failover): granted to the listener as the upstream named `upstream`, with the
     /// listener's framing and default pool settings. `pier serve proxy --upstream ADDR` is a
@@ -435,6 +450,7 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(resolve(&args.listen))?;
+    let tls_timeout = args.tls_cert.as_ref().map(|_| args.handshake_timeout);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(crate::net::tls::TlsOptions {
             cert: cert.clone(),
@@ -500,6 +516,11 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
             plugin_config: Default::default(),
             websocket: (framing == Framing::WebSocket).then(Default::default),
             doors: Vec::new(),
+            proxy: crate::deploy::config::proxy_settings(
+                args.proxy_protocol.as_deref(),
+                &args.proxy_from,
+                tls_timeout,
+            )?,
         }],
         upstreams,
     })
