@@ -29,6 +29,9 @@ impl Drop for Haproxy {
 fn haproxy(test: &str, servers: &[String]) -> (Haproxy, String, String) {
     let v2 = format!("127.0.0.1:{}", ports::reserved_port());
     let v1 = format!("127.0.0.1:{}", ports::reserved_port());
+    // Bound with the others, it answers readiness probes itself: a probe through `v1` or `v2`
+    // would reach pier as a client and leave again, which plugins see.
+    let probe = format!("127.0.0.1:{}", ports::reserved_port());
     let backend = |option: &str| {
         servers
             .iter()
@@ -39,6 +42,7 @@ fn haproxy(test: &str, servers: &[String]) -> (Haproxy, String, String) {
     let config = format!(
         "global\n  log stderr format raw local0 err\n\
          defaults\n  mode tcp\n  balance roundrobin\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend probe\n  bind {probe}\n  tcp-request connection reject\n\
          frontend v2\n  bind {v2}\n  default_backend pier_v2\n\
          frontend v1\n  bind {v1}\n  default_backend pier_v1\n\
          backend pier_v2\n{}\
@@ -56,15 +60,13 @@ fn haproxy(test: &str, servers: &[String]) -> (Haproxy, String, String) {
         .spawn()
         .expect("haproxy (Debian package `haproxy`, installed by .ci/run) must be installed");
     let proxy = Haproxy(child);
-    for addr in [&v2, &v1] {
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "haproxy never listened on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(&probe).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "haproxy never listened on {probe}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
     (proxy, v2, v1)
 }

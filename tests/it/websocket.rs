@@ -181,6 +181,25 @@ fn config(test: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// The built-in chat on a lines listener with a WebSocket door, as `examples/pier.toml` has it.
+fn chat_with_a_websocket_door(test: &str) -> Served {
+    let path = config(
+        test,
+        r#"
+[[listener]]
+name = "chat"
+address = "127.0.0.1:0"
+plugin = "chat"
+framing = "lines"
+
+[[listener.door]]
+address = "127.0.0.1:0"
+framing = "websocket"
+"#,
+    );
+    serve_config(&path, 2)
+}
+
 fn serve_config(path: &Path, listeners: usize) -> Served {
     Served::start_listeners(&["--config", path.to_str().expect("utf-8")], listeners)
 }
@@ -482,21 +501,7 @@ asyncio.run(main())
 
 #[test]
 fn one_chat_room_through_a_line_door_and_a_websocket_door() {
-    let path = config(
-        "ws-doors",
-        r#"
-[[listener]]
-name = "chat"
-address = "127.0.0.1:0"
-plugin = "chat"
-framing = "lines"
-
-[[listener.door]]
-address = "127.0.0.1:0"
-framing = "websocket"
-"#,
-    );
-    let served = serve_config(&path, 2);
+    let served = chat_with_a_websocket_door("ws-doors");
     let lines = served.addr_of("chat");
     let ws = served.door_of("chat");
     let script = r#"
@@ -534,21 +539,7 @@ fn the_chat_page_in_two_browser_tabs_and_a_line_client_share_one_room() {
         Path::new("/usr/bin/chromium").exists(),
         "Debian's chromium is needed (`.ci/run` installs it: apt-get install chromium)"
     );
-    let path = config(
-        "ws-browser",
-        r#"
-[[listener]]
-name = "chat"
-address = "127.0.0.1:0"
-plugin = "chat"
-framing = "lines"
-
-[[listener.door]]
-address = "127.0.0.1:0"
-framing = "websocket"
-"#,
-    );
-    let served = serve_config(&path, 2);
+    let served = chat_with_a_websocket_door("ws-browser");
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/it/scripts/browser_chat.py");
     let shot = tmp().join("websocket-chat.png");

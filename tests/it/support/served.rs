@@ -115,47 +115,36 @@ impl Served {
     /// The address of config listener `name`, from the latest `listening on` line naming it;
     /// waits for it to appear (a listener added by a reload reports later).
     pub fn addr_of(&self, name: &str) -> String {
-        let suffix = format!("; listener {name})");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .rev()
-                .find(|l| l.starts_with("pier: listening on ") && l.ends_with(&suffix))
-                .map(|l| listening_addr(l));
-            if let Some(addr) = found {
-                return addr;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "listener {name} never reported its address; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.listening_line(&format!("; listener {name})"), true)
     }
 
     /// The address of the first other door of config listener `name` (`[[listener.door]]`).
     pub fn door_of(&self, name: &str) -> String {
-        let suffix = format!("; door of listener {name})");
+        self.listening_line(&format!("; door of listener {name})"), false)
+    }
+
+    /// The address in the latest (or first) `listening on` line ending in `suffix`, waiting for
+    /// it up to `WAIT`.
+    fn listening_line(&self, suffix: &str, latest: bool) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
-            let found = self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.starts_with("pier: listening on ") && l.ends_with(&suffix))
-                .map(|l| listening_addr(l));
+            let found = {
+                let lines = self.stderr.lock().unwrap();
+                let matching =
+                    |l: &&String| l.starts_with("pier: listening on ") && l.ends_with(suffix);
+                let line = if latest {
+                    lines.iter().rev().find(matching)
+                } else {
+                    lines.iter().find(matching)
+                };
+                line.map(|l| listening_addr(l))
+            };
             if let Some(addr) = found {
                 return addr;
             }
             assert!(
                 Instant::now() < deadline,
-                "listener {name} reported no door; log:\n{}",
+                "no listening line ending in {suffix:?}; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
