@@ -152,25 +152,26 @@ pub async fn accept(
             Err(refusal) => refusal,
         },
     };
-    {
-        metrics.websocket_refused(refusal.reason);
-        warn!(
-            reason = refusal.reason,
-            "WebSocket upgrade refused: {}", refusal.message
+    metrics.websocket_refused(refusal.reason);
+    warn!(
+        reason = refusal.reason,
+        "WebSocket upgrade refused: {}", refusal.message
+    );
+    if refusal.reason != "closed" {
+        let extra: &[&str] = if refusal.status == 426 {
+            &["Sec-WebSocket-Version: 13"]
+        } else {
+            &[]
+        };
+        let body = format!("{}\n", refusal.message);
+        let reply = http_response(
+            refusal.status,
+            "text/plain; charset=utf-8",
+            extra,
+            body.as_bytes(),
         );
-        if refusal.reason != "closed" {
-            let extra: &[&str] = if refusal.status == 426 {
-                &["Sec-WebSocket-Version: 13"]
-            } else {
-                &[]
-            };
-            let mut reply = http_response(refusal.status, "text/plain; charset=utf-8", extra);
-            let body = format!("{}\n", refusal.message);
-            fix_length(&mut reply, body.len());
-            reply.extend_from_slice(body.as_bytes());
-            let _ = transport.write_all(&reply).await;
-            let _ = transport.shutdown().await;
-        }
+        let _ = transport.write_all(&reply).await;
+        let _ = transport.shutdown().await;
     }
     Upgrade::Answered
 }
@@ -356,23 +357,18 @@ async fn page(path: &str, settings: &WebSocketSettings) -> Result<Vec<u8>, Refus
         }
         let path_literal = serde_json::to_string(&settings.path).unwrap_or_else(|_| "\"/\"".into());
         let body = PAGE.replace(PAGE_PATH_MARK, &path_literal);
-        let mut reply = http_response(
+        return Ok(http_response(
             200,
             "text/html; charset=utf-8",
             &[
                 "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
              style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
             ],
-        );
-        fix_length(&mut reply, body.len());
-        reply.extend_from_slice(body.as_bytes());
-        return Ok(reply);
+            body.as_bytes(),
+        ));
     };
     let body = read_static(&dir.join(name)).await.ok_or_else(not_found)?;
-    let mut reply = http_response(200, content_type(name), &[]);
-    fix_length(&mut reply, body.len());
-    reply.extend_from_slice(&body);
-    Ok(reply)
+    Ok(http_response(200, content_type(name), &[], &body))
 }
 
 /// A regular file of at most [`MAX_STATIC_FILE`] bytes, or `None`.
@@ -398,9 +394,8 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-/// A response head ending in `Content-Length: 0`, fixed up by [`fix_length`] once the body is
-/// known; the connection closes after it.
-fn http_response(status: u16, content_type: &str, extra: &[&str]) -> Vec<u8> {
+/// A whole response with `body`; the connection closes after it.
+fn http_response(status: u16, content_type: &str, extra: &[&str], body: &[u8]) -> Vec<u8> {
     let title = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -420,16 +415,10 @@ fn http_response(status: u16, content_type: &str, extra: &[&str]) -> Vec<u8> {
         head.push_str(line);
         head.push_str("\r\n");
     }
-    head.push_str("Content-Length: 0\r\n\r\n");
-    head.into_bytes()
-}
-
-fn fix_length(head: &mut Vec<u8>, length: usize) {
-    let tail = b"Content-Length: 0\r\n\r\n";
-    if head.ends_with(tail) {
-        head.truncate(head.len() - tail.len());
-        head.extend_from_slice(format!("Content-Length: {length}\r\n\r\n").as_bytes());
-    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut reply = head.into_bytes();
+    reply.extend_from_slice(body);
+    reply
 }
 
 #[cfg(test)]
