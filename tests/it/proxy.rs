@@ -1,13 +1,15 @@
 //! The PROXY protocol behind a real HAProxy (Debian's `haproxy`, started by the test on free
 //! ports, `send-proxy-v2` and `send-proxy`) in front of two pier processes: the plugin sees the
 //! client's address, per-address limits count it, and headers that are missing, forged by an
-//! untrusted host or garbage are refused and counted.
+//! untrusted host or garbage are refused and counted. HAProxy runs the example config the
+//! README shows (`examples/fleet/haproxy.cfg`).
 //!
 //! Clients bind distinct loopback source addresses (127.0.0.2, .3, ...) so "the client's
 //! address" differs from HAProxy's own (127.0.0.1).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,51 +26,70 @@ impl Drop for Haproxy {
     }
 }
 
-/// Starts HAProxy with a `send-proxy-v2` frontend and a `send-proxy` one, each balancing over
-/// `servers` round robin; returns it and the two frontends' addresses.
-fn haproxy(test: &str, servers: &[String]) -> (Haproxy, String, String) {
-    let v2 = format!("127.0.0.1:{}", ports::reserved_port());
-    let v1 = format!("127.0.0.1:{}", ports::reserved_port());
-    // Bound with the others, it answers readiness probes itself: a probe through `v1` or `v2`
-    // would reach pier as a client and leave again, which plugins see.
-    let probe = format!("127.0.0.1:{}", ports::reserved_port());
-    let backend = |option: &str| {
-        servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("  server s{i} {s} {option}\n"))
-            .collect::<String>()
+/// The HAProxy config the README's "Running several nodes" shows, addresses from the
+/// environment.
+fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet/haproxy.cfg")
+}
+
+/// Starts HAProxy with the example config, balancing over the pier nodes `servers` (one or two)
+/// round robin with `send-proxy-v2` or `send-proxy` (`option`); returns it and its address.
+fn haproxy(servers: &[String], option: &str) -> (Haproxy, String) {
+    let listen = format!("127.0.0.1:{}", ports::reserved_port());
+    // Its own health page tells when it is up: a probe of `listen` would reach pier as a
+    // client and leave again, which plugins see.
+    let monitor = format!("127.0.0.1:{}", ports::reserved_port());
+    let (a, b) = match servers {
+        [a] => (a, a),
+        [a, b] => (a, b),
+        _ => panic!("the example config names two servers"),
     };
-    let config = format!(
-        "global\n  log stderr format raw local0 err\n\
-         defaults\n  mode tcp\n  balance roundrobin\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-         frontend probe\n  bind {probe}\n  tcp-request connection reject\n\
-         frontend v2\n  bind {v2}\n  default_backend pier_v2\n\
-         frontend v1\n  bind {v1}\n  default_backend pier_v1\n\
-         backend pier_v2\n{}\
-         backend pier_v1\n{}",
-        backend("send-proxy-v2"),
-        backend("send-proxy"),
-    );
-    let path = scratch_dir(test).join("haproxy.cfg");
-    std::fs::write(&path, config).expect("write haproxy.cfg");
     let child = Command::new("haproxy")
         .args(["-db", "-f"])
-        .arg(&path)
+        .arg(example_config())
+        .envs([
+            ("HAPROXY_LISTEN", listen.as_str()),
+            ("HAPROXY_MONITOR", monitor.as_str()),
+            ("PIER_A", a),
+            ("PIER_B", b),
+            ("PIER_PROXY", option),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("haproxy (Debian package `haproxy`, installed by .ci/run) must be installed");
     let proxy = Haproxy(child);
     let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(&probe).is_err() {
+    while !http_get_opt(&monitor, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
         assert!(
             Instant::now() < deadline,
-            "haproxy never listened on {probe}"
+            "haproxy never answered on {monitor}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (proxy, v2, v1)
+    (proxy, listen)
+}
+
+/// Like `http_get`, `None` while nothing listens.
+fn http_get_opt(addr: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(WAIT)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn the_readme_shows_the_example_haproxy_config() {
+    let config = std::fs::read_to_string(example_config()).expect("the example config");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    assert!(
+        readme.contains(&config),
+        "README.md's \"Running several nodes\" must show examples/fleet/haproxy.cfg as it is"
+    );
 }
 
 /// A line client connected to `addr` from source address `from`.
@@ -145,7 +166,9 @@ max_connections_per_address = 1
 fn behind_haproxy_two_pier_processes_see_each_clients_real_address() {
     let first = pier_behind_haproxy("proxy-a");
     let second = pier_behind_haproxy("proxy-b");
-    let (_haproxy, v2, v1) = haproxy("proxy-haproxy", &[first.addr.clone(), second.addr.clone()]);
+    let nodes = [first.addr.clone(), second.addr.clone()];
+    let (_v2_proxy, v2) = haproxy(&nodes, "send-proxy-v2");
+    let (_v1_proxy, v1) = haproxy(&nodes, "send-proxy");
     let mut clients = Vec::new();
     for (i, frontend) in [&v2, &v2, &v1, &v1].into_iter().enumerate() {
         let mut client = Client::connect(frontend, &format!("127.0.0.{}", i + 2));
@@ -275,7 +298,7 @@ fn a_slow_header_times_out_and_tls_follows_the_header() {
     assert_eq!(slow.line(), None);
     assert!(served.wait_for_log("PROXY header refused: no complete PROXY header within"));
     // Through HAProxy (TCP mode, the TLS passes through): header first, then the handshake.
-    let (_haproxy, v2, _) = haproxy("proxy-tls-haproxy", std::slice::from_ref(&served.addr));
+    let (_haproxy, v2) = haproxy(std::slice::from_ref(&served.addr), "send-proxy-v2");
     let script = format!(
         "import socket, ssl\n\
          ctx = ssl.create_default_context(cafile='{ca}')\n\

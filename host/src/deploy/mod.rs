@@ -17,6 +17,8 @@
 
 pub mod config;
 pub mod envsubst;
+pub mod handover;
+pub mod inherit;
 
 use crate::sys::lock;
 use std::collections::{HashMap, HashSet};
@@ -31,7 +33,7 @@ use tokio::sync::{Mutex, mpsc};
 use tracing::{error, info, warn};
 
 use crate::deploy::config::{Config, ListenerSpec, PluginRef};
-use crate::net::server::Server;
+use crate::net::server::{Server, socket_key};
 use crate::net::tls::TlsListener;
 use crate::runtime::{LoadedPlugin, Runtime};
 use crate::tenant::listener::{Door, ListenerSettings, ListenerShared};
@@ -52,6 +54,9 @@ pub struct Deployer {
     /// The upstream pools of the config in force, by name; a reload keeps a pool whose
     /// settings did not change, with its connections.
     pools: std::sync::Mutex<HashMap<String, Arc<Pool>>>,
+    /// Listening sockets passed down by the process this one replaces; taken by the first
+    /// [`Deployer::start`], which closes what it did not use.
+    inherited: std::sync::Mutex<inherit::Inherited>,
 }
 
 /// What a reload did.
@@ -81,7 +86,14 @@ impl Deployer {
             current: Mutex::new(config),
             source,
             pools: Default::default(),
+            inherited: Default::default(),
         })
+    }
+
+    /// Makes [`Deployer::start`] accept on these sockets (passed down by `pier upgrade`)
+    /// instead of binding the same addresses afresh.
+    pub fn inherit(&self, sockets: inherit::Inherited) {
+        *lock(&self.inherited) = sockets;
     }
 
     /// The server the listeners run on.
@@ -111,9 +123,10 @@ impl Deployer {
         }
         let mut bound = Vec::new();
         for (spec, prepared) in ready {
-            let sockets = bind_all(spec).map_err(|err| named(spec, err))?;
+            let sockets = self.bind_all(spec).map_err(|err| named(spec, err))?;
             bound.push((spec, prepared, sockets));
         }
+        lock(&self.inherited).close_rest();
         let mut started = Vec::new();
         for (spec, prepared, sockets) in bound {
             let addr = self
@@ -401,8 +414,30 @@ impl Deployer {
 
     /// Binds the listener's address and starts accepting.
     async fn launch(&self, spec: &ListenerSpec, prepared: Prepared) -> Result<SocketAddr> {
-        let sockets = bind_all(spec)?;
+        let sockets = self.bind_all(spec)?;
         self.activate(spec, prepared, sockets)
+    }
+
+    /// Binds a listener's address and its doors' (all or nothing: a socket bound before a later
+    /// one failed is closed again), or takes the sockets a previous process passed down.
+    fn bind_all(&self, spec: &ListenerSpec) -> Result<(TcpListener, Vec<TcpListener>)> {
+        let mut inherited = lock(&self.inherited);
+        let main = take_or_bind(
+            &mut inherited,
+            &socket_key(&spec.name, None),
+            spec.address,
+            spec.reuse_port,
+        )?;
+        let doors = spec
+            .doors
+            .iter()
+            .enumerate()
+            .map(|(index, door)| {
+                let key = socket_key(&spec.name, Some(index));
+                take_or_bind(&mut inherited, &key, door.address, door.reuse_port)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((main, doors))
     }
 
     /// Starts accepting on a bound socket and says so.
@@ -463,18 +498,6 @@ impl Deployer {
         }
         Ok(addr)
     }
-}
-
-/// Binds a listener's address and its doors' (all or nothing: a socket bound before a later one
-/// failed is closed again).
-fn bind_all(spec: &ListenerSpec) -> Result<(TcpListener, Vec<TcpListener>)> {
-    let main = bind(spec.address, spec.reuse_port)?;
-    let doors = spec
-        .doors
-        .iter()
-        .map(|door| bind(door.address, door.reuse_port))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((main, doors))
 }
 
 /// A listener's plugins, compiled and checked, and its TLS settings, loaded.
@@ -579,6 +602,19 @@ fn plugin_files(spec: &ListenerSpec) -> impl Iterator<Item = &PathBuf> {
             PluginRef::File(path) => Some(path),
             PluginRef::Builtin(_) => None,
         })
+}
+
+/// The inherited socket `key` when it listens on `addr`, else a socket bound now.
+pub fn take_or_bind(
+    inherited: &mut inherit::Inherited,
+    key: &str,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<TcpListener> {
+    match inherited.take(key, addr)? {
+        Some(listener) => Ok(listener),
+        None => bind(addr, reuse_port),
+    }
 }
 
 /// Binds a listening socket on `addr` (with `SO_REUSEADDR`, as tokio does, so a restarted pier

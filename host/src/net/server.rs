@@ -15,6 +15,7 @@
 use crate::sys::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -114,6 +115,9 @@ struct Running {
     tasks: Vec<JoinHandle<()>>,
     /// The other doors, with their bound addresses.
     doors: Vec<(SocketAddr, Arc<Door>)>,
+    /// Duplicates of the listening sockets (own address first, then the doors), so that
+    /// [`Server::listening_sockets`] can pass them to a new pier process; closed with the entry.
+    sockets: Vec<OwnedFd>,
 }
 
 /// Worker threads plus the listeners feeding them.
@@ -163,6 +167,7 @@ impl Server {
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
+        let socket = duplicate(&listener)?;
         let admission = Admission::new(&shared.limits);
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
@@ -185,6 +190,7 @@ impl Server {
                 stop,
                 tasks: vec![task],
                 doors: Vec::new(),
+                sockets: vec![socket],
             },
         );
         if let Some(previous) = previous {
@@ -204,6 +210,7 @@ impl Server {
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
+        let socket = duplicate(&listener)?;
         let mut running = lock(&self.running);
         let Some(entry) = running.get_mut(name) else {
             anyhow::bail!("no listener named `{name}` is running");
@@ -217,6 +224,7 @@ impl Server {
             entry.stop.clone(),
         )));
         entry.doors.push((addr, door));
+        entry.sockets.push(socket);
         Ok(addr)
     }
 
@@ -272,9 +280,27 @@ impl Server {
         Some(running.shared)
     }
 
-    /// Stops every listener, drains every connection (up to the drain deadline) and stops the
-    /// workers.
-    pub async fn shutdown(&self) {
+    /// Duplicates of every listening socket, keyed as [`socket_key`] names them, for handing
+    /// to a new pier process (which accepts on the same sockets: nothing is closed or rebound).
+    pub fn listening_sockets(&self) -> Result<Vec<(String, OwnedFd)>> {
+        let running = lock(&self.running);
+        let mut sockets = Vec::new();
+        for (name, entry) in running.iter() {
+            for (index, fd) in entry.sockets.iter().enumerate() {
+                let door = index.checked_sub(1);
+                let fd = fd
+                    .try_clone()
+                    .with_context(|| format!("cannot duplicate listener `{name}`'s socket"))?;
+                sockets.push((socket_key(name, door), fd));
+            }
+        }
+        Ok(sockets)
+    }
+
+    /// Stops accepting on every listener (their sockets close here; another process holding
+    /// them keeps accepting) and lets open connections carry on. Used when a new pier process
+    /// has taken over; [`Server::shutdown`] later drains what is still open.
+    pub async fn stop_accepting(&self) {
         let running: Vec<Running> = lock(&self.running).drain().map(|(_, r)| r).collect();
         for r in &running {
             r.stop.cancel();
@@ -285,6 +311,17 @@ impl Server {
             }
             r.shared.retire();
         }
+    }
+
+    /// Connections open on the workers (of every listener, running or not).
+    pub fn open_connections(&self) -> usize {
+        self.pool.open()
+    }
+
+    /// Stops every listener, drains every connection (up to the drain deadline) and stops the
+    /// workers.
+    pub async fn shutdown(&self) {
+        self.stop_accepting().await;
         // A server that never accepted (start-up failed before any listener was added) has
         // nothing to drain: it stops its workers silently, so the start-up error is the only
         // line the user sees.
@@ -326,6 +363,24 @@ impl Server {
             info!("shut down");
         }
     }
+}
+
+/// How a listening socket is named between pier processes: `listener:NAME` for a listener's own
+/// address, `door:NAME:INDEX` for its doors (in config order, from 0). Listener names never hold
+/// a `:`, so keys cannot collide.
+pub fn socket_key(listener: &str, door: Option<usize>) -> String {
+    match door {
+        None => format!("listener:{listener}"),
+        Some(index) => format!("door:{listener}:{index}"),
+    }
+}
+
+/// A close-on-exec duplicate of a listening socket.
+fn duplicate(listener: &TcpListener) -> Result<OwnedFd> {
+    listener
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate a listening socket")
 }
 
 async fn accept_loop(

@@ -76,6 +76,14 @@ impl WorkerPool {
         }
     }
 
+    /// Connections open on every worker (dispatched and not yet closed).
+    pub fn open(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.load.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Stops handing out work and waits for every worker to finish its connections.
     pub fn join(&self) {
         self.closed.cancel();

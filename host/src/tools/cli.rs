@@ -5,14 +5,18 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use tracing::info;
 
 use crate::deploy::Deployer;
 use crate::deploy::config::{Config, ListenerSpec, PluginRef, ServerSection};
+use crate::deploy::handover::{self, Relaunch};
+use crate::deploy::inherit::{ADMIN_KEY, Inherited};
 use crate::limits::{DEFAULT_WRITE_QUEUE, InstanceLimits, Limits};
 use crate::net::framing::Framing;
 use crate::net::server::{Server, ServerConfig};
@@ -54,6 +58,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Ask a running `pier serve` to reload its config and plugins (sends it SIGHUP).
     Reload(ReloadArgs),
+    /// Replace a running `pier serve` with the binary at its path, without closing its
+    /// listening sockets (sends it SIGUSR2 and waits for the new process to report ready).
+    Upgrade(UpgradeArgs),
     /// Send one frame to a server and print the reply.
     Send(SendArgs),
     /// Check that a file is a pier plugin and show what it imports and exports.
@@ -265,6 +272,18 @@ pub struct ReloadArgs {
     pub pid_file: Option<PathBuf>,
 }
 
+/// `pier upgrade`.
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    /// The file `pier serve --pid-file` wrote; the outcome is read from FILE.upgrade.
+    #[arg(long)]
+    pub pid_file: PathBuf,
+
+    /// How long to wait for the outcome.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
 /// `pier send`.
 #[derive(Args, Debug)]
 pub struct SendArgs {
@@ -344,6 +363,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Reload(args) => reload(args),
+        Command::Upgrade(args) => upgrade(args),
         Command::Send(args) => send(args),
         Command::Check(args) => check(args),
         Command::New(args) => new_plugin(args),
@@ -556,19 +576,43 @@ fn serve(args: ServeArgs) -> Result<()> {
     // with itself.
     let admin = args.admin.or(config.admin);
     let source = args.config.clone();
+    // Recorded now: an upgrade starts the binary found at this path later, after it was
+    // replaced on disk.
+    let relaunch = Relaunch::recorded()?;
+    let drain_timeout = server_config.drain_timeout;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        let mut inherited = Inherited::from_env();
+        if !inherited.is_empty() {
+            // SAFETY: getppid(2) has no preconditions.
+            let parent = unsafe { libc::getppid() };
+            info!("taking over the listening sockets of process {parent}");
+        }
         // The admin address is bound before any listener starts, so that every start-up
         // failure happens while nothing is serving yet: one error line, nothing to drain.
         let admin_listener = match admin {
-            Some(addr) => Some(crate::deploy::bind(addr, false).context("admin endpoint")?),
+            Some(addr) => Some(
+                crate::deploy::take_or_bind(&mut inherited, ADMIN_KEY, addr, false)
+                    .context("admin endpoint")?,
+            ),
+            None => None,
+        };
+        // Kept to hand to the next process on an upgrade.
+        let admin_socket = match &admin_listener {
+            Some(listener) => Some(
+                listener
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("admin endpoint")?,
+            ),
             None => None,
         };
         let server = Server::new(runtime.clone(), &server_config)?;
         let deployer = Deployer::new(runtime, server.clone(), config, source);
+        deployer.inherit(inherited);
         if let Err(err) = deployer.start().await {
             server.shutdown().await;
             return Err(err);
@@ -583,18 +627,44 @@ fn serve(args: ServeArgs) -> Result<()> {
                 }
             }
         }
+        let own_pid = std::process::id();
         if let Some(path) = &args.pid_file {
-            std::fs::write(path, format!("{}\n", std::process::id()))
+            std::fs::write(path, format!("{own_pid}\n"))
                 .with_context(|| format!("cannot write the pid file {}", path.display()))?;
         }
-        tokio::spawn(crate::deploy::reload_on_sighup(deployer.clone()));
+        crate::deploy::inherit::notify_ready();
+        let mut changes = vec![tokio::spawn(crate::deploy::reload_on_sighup(
+            deployer.clone(),
+        ))];
         if watch {
-            tokio::spawn(crate::deploy::watch_plugins(deployer.clone()));
+            changes.push(tokio::spawn(crate::deploy::watch_plugins(deployer.clone())));
         }
-        shutdown_signal().await;
-        stop_admin.cancel();
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let upgraded = handover::upgrade_requests(
+            &mut shutdown,
+            &server,
+            &relaunch,
+            &admin_socket,
+            args.pid_file.as_deref(),
+        )
+        .await;
+        if upgraded {
+            // This process no longer serves new clients: nothing may reload or re-add a listener.
+            for task in changes {
+                task.abort();
+            }
+            stop_admin.cancel();
+            server.stop_accepting().await;
+            handover::serve_until_left(&server, drain_timeout, &mut shutdown).await;
+        } else {
+            stop_admin.cancel();
+        }
         server.shutdown().await;
-        if let Some(path) = &args.pid_file {
+        // After an upgrade the pid file names the new process: leave it.
+        if let Some(path) = &args.pid_file
+            && std::fs::read_to_string(path).is_ok_and(|text| text.trim() == own_pid.to_string())
+        {
             let _ = std::fs::remove_file(path);
         }
         Ok(())
@@ -629,11 +699,7 @@ fn new_plugin(args: NewArgs) -> Result<()> {
 fn reload(args: ReloadArgs) -> Result<()> {
     let pid = match (args.pid, &args.pid_file) {
         (Some(pid), _) => pid,
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the pid file {}", file.display()))?
-            .trim()
-            .parse()
-            .with_context(|| format!("{} does not hold a process id", file.display()))?,
+        (None, Some(file)) => handover::read_pid(file)?,
         (None, None) => bail!("give --pid or --pid-file"),
     };
     if pid <= 0 {
@@ -647,6 +713,13 @@ fn reload(args: ReloadArgs) -> Result<()> {
         );
     }
     eprintln!("pier: asked process {pid} to reload");
+    Ok(())
+}
+
+fn upgrade(args: UpgradeArgs) -> Result<()> {
+    let old = handover::read_pid(&args.pid_file)?;
+    let new = handover::request(&args.pid_file, args.timeout)?;
+    eprintln!("pier: upgraded: process {old} handed its sockets to process {new}");
     Ok(())
 }
 

@@ -22,7 +22,12 @@ pub fn tmp() -> PathBuf {
 
 /// `pier` with the test cache folder and no inherited log settings.
 pub fn pier() -> Command {
-    let mut cmd = Command::new(PIER);
+    pier_at(std::path::Path::new(PIER))
+}
+
+/// Like [`pier`], running the binary at `binary` (e.g. a copy a test replaces).
+pub fn pier_at(binary: &std::path::Path) -> Command {
+    let mut cmd = Command::new(binary);
     cmd.env("PIER_CACHE_DIR", tmp().join("pier-cache"))
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
@@ -65,12 +70,23 @@ impl Served {
         wait: Duration,
         env: &[(&str, &str)],
     ) -> Served {
+        Self::start_binary(std::path::Path::new(PIER), args, count, wait, env)
+    }
+
+    /// Like [`Served::start_with_env`], running the binary at `binary`.
+    pub fn start_binary(
+        binary: &std::path::Path,
+        args: &[&str],
+        count: usize,
+        wait: Duration,
+        env: &[(&str, &str)],
+    ) -> Served {
         let free_port: &[&str] = if args.iter().any(|a| *a == "--listen" || *a == "--config") {
             &[]
         } else {
             &["--listen", "127.0.0.1:0"]
         };
-        let mut child = pier()
+        let mut child = pier_at(binary)
             .arg("serve")
             .args(args)
             .args(free_port)
