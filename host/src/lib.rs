@@ -52,6 +52,7 @@
 //! - `tools`: the command line — `serve`, `send`, `check`, `cert`, `new`, `bench`.
 
 pub mod builtin;
+pub(crate) mod cluster;
 pub(crate) mod deploy;
 pub(crate) mod limits;
 pub(crate) mod net;

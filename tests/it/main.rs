@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod builtins;
 mod cli;
+mod cluster;
 mod contract;
 mod faults;
 mod fleet;

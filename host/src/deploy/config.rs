@@ -62,6 +62,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSpec>,
     /// The listeners (tenants), in file order.
     pub listeners: Vec<ListenerSpec>,
+    /// `[cluster]`: the NATS servers joining this node's tenants to other nodes' (none: every
+    /// tenant is this process's alone). Changing it needs a restart.
+    pub cluster: Option<crate::cluster::ClusterSpec>,
 }
 
 /// `[server]`: process-wide settings. Changing them needs a restart.
@@ -244,6 +247,66 @@ struct RawConfig {
     listener: Vec<RawListener>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    nats: Vec<String>,
+    node: Option<String>,
+    credentials: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    subject_prefix: Option<String>,
+    tls: Option<RawClusterTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// `[cluster]`, with files relative to the config's folder.
+fn cluster(raw: RawCluster, base: &Path) -> Result<crate::cluster::ClusterSpec> {
+    use crate::cluster::{ClusterAuth, ClusterSpec, ClusterTls};
+    let auth = match (raw.credentials, raw.token_file, raw.user, raw.password_file) {
+        (None, None, None, None) => ClusterAuth::None,
+        (Some(creds), None, None, None) => ClusterAuth::Credentials(base.join(creds)),
+        (None, Some(token), None, None) => ClusterAuth::TokenFile(base.join(token)),
+        (None, None, Some(user), Some(password)) => ClusterAuth::UserPassword {
+            user,
+            password_file: base.join(password),
+        },
+        (None, None, Some(_), None) | (None, None, None, Some(_)) => {
+            bail!("`user` and `password_file` go together")
+        }
+        _ => bail!("give one of `credentials`, `token_file`, or `user` with `password_file`"),
+    };
+    let tls = match raw.tls {
+        None => None,
+        Some(tls) => Some(ClusterTls {
+            ca: tls.ca.map(|ca| base.join(ca)),
+            cert: match (tls.cert, tls.key) {
+                (Some(cert), Some(key)) => Some((base.join(cert), base.join(key))),
+                (None, None) => None,
+                _ => bail!("tls: `cert` and `key` go together"),
+            },
+        }),
+    };
+    let spec = ClusterSpec {
+        servers: raw.nats,
+        node: raw.node.unwrap_or_else(crate::cluster::default_node_name),
+        subject_prefix: raw.subject_prefix.unwrap_or_else(|| "pier".into()),
+        auth,
+        tls,
+    };
+    spec.check()?;
+    Ok(spec)
 }
 
 #[derive(Deserialize)]
@@ -518,12 +581,17 @@ impl Config {
             ),
             None => None,
         };
+        let cluster = match raw.cluster {
+            Some(raw) => Some(cluster(raw, &base).context("cluster")?),
+            None => None,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             server,
             admin,
             listeners,
             upstreams,
+            cluster,
         })
     }
 

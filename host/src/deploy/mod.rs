@@ -57,6 +57,8 @@ pub struct Deployer {
     /// Listening sockets passed down by the process this one replaces; taken by the first
     /// [`Deployer::start`], which closes what it did not use.
     inherited: std::sync::Mutex<inherit::Inherited>,
+    /// The cluster this node's tenants span, if any.
+    cluster: std::sync::Mutex<Option<Arc<crate::cluster::Cluster>>>,
 }
 
 /// What a reload did.
@@ -87,7 +89,14 @@ impl Deployer {
             source,
             pools: Default::default(),
             inherited: Default::default(),
+            cluster: Default::default(),
         })
+    }
+
+    /// Makes every listener started from now on one tenant with the same-named listeners of
+    /// the other nodes of `cluster`.
+    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        *lock(&self.cluster) = Some(cluster);
     }
 
     /// Makes [`Deployer::start`] accept on these sockets (passed down by `pier upgrade`)
@@ -167,6 +176,9 @@ impl Deployer {
         }
         if next.admin.is_some() && next.admin != current.admin {
             warn!("[admin] address changed; it takes effect at the next restart");
+        }
+        if next.cluster != current.cluster {
+            warn!("[cluster] settings changed; they take effect at the next restart");
         }
         let old: HashMap<&str, &ListenerSpec> = current
             .listeners
@@ -456,6 +468,7 @@ impl Deployer {
             upstreams: prepared.grants.clone(),
             websocket: spec.websocket.clone(),
             proxy: spec.proxy.clone(),
+            cluster: lock(&self.cluster).clone(),
         };
         let routes = prepared
             .routes

@@ -69,6 +69,11 @@ struct Families {
     upstream_connect_failures: IntCounterVec,
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
+    cluster_connected: IntGauge,
+    cluster_messages: IntCounterVec,
+    cluster_bytes: IntCounterVec,
+    cluster_dropped: IntCounterVec,
+    cluster_nodes: IntGaugeVec,
 }
 
 const LISTENER: &[&str] = &["listener"];
@@ -109,7 +114,34 @@ impl Families {
         )
         .unwrap_or_else(|e| panic!("metric pier_upstream_request_duration_seconds: {e}"));
         register(&registry, Box::new(upstream_duration.clone()));
+        let cluster_connected = IntGauge::new(
+            "pier_cluster_connected",
+            "1 while this node is connected to a NATS server of its cluster, 0 while it is not (absent without [cluster]).",
+        )
+        .unwrap_or_else(|e| panic!("metric pier_cluster_connected: {e}"));
+        register(&registry, Box::new(cluster_connected.clone()));
         Families {
+            cluster_connected,
+            cluster_messages: counter(
+                "pier_cluster_messages_total",
+                "Messages between this node and the others of its tenants, by direction: out (published), in (received).",
+                &["listener", "direction"],
+            ),
+            cluster_bytes: counter(
+                "pier_cluster_bytes_total",
+                "Payload bytes of those messages, by direction.",
+                &["listener", "direction"],
+            ),
+            cluster_dropped: counter(
+                "pier_cluster_dropped_total",
+                "Cluster messages dropped, by reason: queue-full (the bounded outgoing queue was full: NATS slow or away), malformed (an incoming message that did not parse), publish (NATS refused it).",
+                &["listener", "reason"],
+            ),
+            cluster_nodes: gauge(
+                "pier_cluster_nodes",
+                "Other nodes serving the listener that this node hears from now.",
+                LISTENER,
+            ),
             upstream_duration,
             upstream_connections: gauge(
                 "pier_upstream_connections",
@@ -250,6 +282,48 @@ fn register(registry: &Registry, collector: Box<dyn prometheus::core::Collector>
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(Families::new);
+
+/// Handles of one clustered listener's `pier_cluster_*` figures.
+pub struct ClusterMetrics {
+    /// Messages published.
+    pub messages_out: IntCounter,
+    /// Messages received.
+    pub messages_in: IntCounter,
+    /// Bytes published.
+    pub bytes_out: IntCounter,
+    /// Bytes received.
+    pub bytes_in: IntCounter,
+    /// Dropped: the outgoing queue was full.
+    pub dropped_queue_full: IntCounter,
+    /// Dropped: an incoming message did not parse.
+    pub dropped_malformed: IntCounter,
+    /// Dropped: NATS refused a publish.
+    pub dropped_publish: IntCounter,
+    /// Other nodes heard from.
+    pub nodes: IntGauge,
+}
+
+impl ClusterMetrics {
+    /// The handles of listener `name`.
+    pub fn new(name: &str) -> ClusterMetrics {
+        let f = &*FAMILIES;
+        ClusterMetrics {
+            messages_out: f.cluster_messages.with_label_values(&[name, "out"]),
+            messages_in: f.cluster_messages.with_label_values(&[name, "in"]),
+            bytes_out: f.cluster_bytes.with_label_values(&[name, "out"]),
+            bytes_in: f.cluster_bytes.with_label_values(&[name, "in"]),
+            dropped_queue_full: f.cluster_dropped.with_label_values(&[name, "queue-full"]),
+            dropped_malformed: f.cluster_dropped.with_label_values(&[name, "malformed"]),
+            dropped_publish: f.cluster_dropped.with_label_values(&[name, "publish"]),
+            nodes: f.cluster_nodes.with_label_values(&[name]),
+        }
+    }
+}
+
+/// Sets `pier_cluster_connected`.
+pub fn cluster_connected(connected: bool) {
+    FAMILIES.cluster_connected.set(i64::from(connected));
+}
 
 /// The registry in the Prometheus text format (version 0.0.4).
 pub fn encode() -> anyhow::Result<String> {

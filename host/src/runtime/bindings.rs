@@ -8,9 +8,13 @@ wasmtime::component::bindgen!({
     world: "plugin-with-upstreams",
     anyhow: true,
     // Guest calls run on fibers so a long call can yield its worker (see `instance::time_slice`);
-    // an upstream request suspends the call until the reply comes.
+    // an upstream request suspends the call until the reply comes, a cluster-wide claim until
+    // NATS answers.
     exports: { default: async },
-    imports: { "pier:plugin/upstream.request": async },
+    imports: {
+        "pier:plugin/upstream.request": async,
+        "pier:plugin/attributes.claim": async,
+    },
 });
 
 /// The generated bindings of the plugin world, under the name the rest of the host uses.

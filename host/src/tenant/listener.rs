@@ -51,6 +51,8 @@ pub struct ListenerSettings {
     pub websocket: Option<WebSocketSettings>,
     /// The PROXY protocol on the listener's own address.
     pub proxy: Option<ProxySettings>,
+    /// The cluster whose same-named listeners this one forms a tenant with, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// One way into a tenant: how the connections accepted on one socket are framed and secured.
@@ -121,7 +123,10 @@ pub struct ListenerShared {
     /// connection ends.
     retired: Arc<AtomicBool>,
     /// The sequence number of this tenant's next connection.
-    next_connection: AtomicU64,
+    next_connection: Arc<AtomicU64>,
+    /// The high bits of a clustered tenant's connection ids (the node's incarnation); 0 for
+    /// a local tenant, whose ids carry the listener id instead.
+    id_base: u64,
 }
 
 impl ListenerShared {
@@ -138,6 +143,7 @@ impl ListenerShared {
                 upstreams: Vec::new(),
                 websocket: None,
                 proxy: None,
+                cluster: None,
             },
             plugin,
             tls: None,
@@ -165,11 +171,24 @@ impl ListenerShared {
             crate::tenant::budget::BudgetKind::ALL
                 .map(|kind| metrics.budget_refused.counter(kind.name())),
         ));
-        let hub: Arc<dyn Registry> = Arc::new(
+        let local =
             LocalHub::with_policy(limits.write_queue, settings.max_frame, limits.slow_consumer)
                 .counting_full_queues(metrics.queue_dropped.clone(), metrics.queue_closed.clone())
-                .with_budgets(limits.write_queue_bytes, budgets.clone()),
-        );
+                .with_budgets(limits.write_queue_bytes, budgets.clone());
+        // A clustered tenant's ids carry the node's incarnation and continue one sequence
+        // across listener restarts (unique cluster-wide); a local one's carry the listener id.
+        let (id_base, next_connection) = match &settings.cluster {
+            Some(cluster) => cluster.connection_ids(&name),
+            None => (0, Arc::new(AtomicU64::new(1))),
+        };
+        let hub: Arc<dyn Registry> = match settings.cluster {
+            Some(cluster) => Arc::new(crate::cluster::ClusterHub::new(
+                cluster,
+                name.clone(),
+                local,
+            )),
+            None => Arc::new(local),
+        };
         let ctx = Arc::new(ListenerContext {
             name: name.clone(),
             hub: hub.clone(),
@@ -212,7 +231,8 @@ impl ListenerShared {
             drain: CancellationToken::new(),
             force: CancellationToken::new(),
             retired: Arc::new(AtomicBool::new(false)),
-            next_connection: AtomicU64::new(1),
+            next_connection,
+            id_base,
         })
     }
 
@@ -223,6 +243,9 @@ impl ListenerShared {
     /// process-wide counter, the gaps between its ids were other tenants' connections.
     pub fn next_connection_id(&self) -> crate::tenant::hub::ConnectionId {
         let seq = self.next_connection.fetch_add(1, Ordering::Relaxed) & CONNECTION_SEQ_MASK;
+        if self.id_base != 0 {
+            return self.id_base | seq;
+        }
         (self.id << CONNECTION_SEQ_BITS) | seq
     }
 

@@ -55,7 +55,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve TCP clients with a plugin (the built-in echo plugin by default), or every listener
     /// of a pier.toml with `--config`.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Ask a running `pier serve` to reload its config and plugins (sends it SIGHUP).
     Reload(ReloadArgs),
     /// Replace a running `pier serve` with the binary at its path, without closing its
@@ -145,6 +145,16 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the real one is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+
+    /// Join this node's listeners to the same-named listeners of other pier nodes through these
+    /// NATS servers (repeat or comma-separate; the client fails over between them). Overrides
+    /// the servers of a config's `[cluster]`.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+
+    /// This node's name in the cluster (default: the config's, else host name and pid).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
 
     /// Bind with SO_REUSEPORT: several pier processes (or an old and a new one) accept on the
     /// same address, each one started with this flag; the kernel spreads connections over them.
@@ -361,7 +371,7 @@ pub fn main() -> std::process::ExitCode {
     let cli = parse_args();
     init_logging(&cli.log_level, cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Reload(args) => reload(args),
         Command::Upgrade(args) => upgrade(args),
         Command::Send(args) => send(args),
@@ -435,8 +445,14 @@ fn framing_help() -> String {
 
 fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    // The NATS client reports every reconnect attempt at info; pier's cluster module says
+    // what matters once per outage (`--log-level` directives or RUST_LOG can raise it again).
+    let quiet = |filter: EnvFilter| match "async_nats=warn".parse() {
+        Ok(directive) if !level.contains("async_nats") => filter.add_directive(directive),
+        _ => filter,
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(level).map(quiet))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -457,6 +473,27 @@ fn init_logging(level: &str, format: LogFormat) {
 /// The config `pier serve` runs: the file given with `--config`, or one listener named
 /// `default` made from the command line.
 fn serve_config(args: &ServeArgs) -> Result<Config> {
+    let mut config = single_listener_config(args)?;
+    if !args.cluster.is_empty() {
+        let node = args
+            .node
+            .clone()
+            .or_else(|| config.cluster.as_ref().map(|c| c.node.clone()));
+        let mut spec = crate::cluster::ClusterSpec::from_flags(args.cluster.clone(), node)?;
+        if let Some(from_file) = config.cluster.take() {
+            spec.auth = from_file.auth;
+            spec.tls = from_file.tls;
+            spec.subject_prefix = from_file.subject_prefix;
+        }
+        config.cluster = Some(spec);
+    } else if let (Some(node), Some(spec)) = (&args.node, config.cluster.as_mut()) {
+        spec.node = node.clone();
+    }
+    Ok(config)
+}
+
+/// The config of `--config FILE`, or of the one listener the flags describe.
+fn single_listener_config(args: &ServeArgs) -> Result<Config> {
     if let Some(path) = &args.config {
         return Config::load(path);
     }
@@ -503,6 +540,7 @@ fn serve_config(args: &ServeArgs) -> Result<Config> {
     };
     Ok(Config {
         path: PathBuf::new(),
+        cluster: None,
         server: ServerSection {
             workers: args.workers,
             drain_timeout: args.drain_timeout,
@@ -611,8 +649,12 @@ fn serve(args: ServeArgs) -> Result<()> {
             None => None,
         };
         let server = Server::new(runtime.clone(), &server_config)?;
+        let cluster_spec = config.cluster.clone();
         let deployer = Deployer::new(runtime, server.clone(), config, source);
         deployer.inherit(inherited);
+        if let Some(spec) = &cluster_spec {
+            deployer.join_cluster(crate::cluster::Cluster::start(spec).await?);
+        }
         if let Err(err) = deployer.start().await {
             server.shutdown().await;
             return Err(err);

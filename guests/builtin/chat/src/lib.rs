@@ -6,8 +6,9 @@
 //! Lines from a named member reach every *other* named member as `NAME: text`.
 //! Commands: `/list`, `/nick NEW`, `/quit`, `/help`.
 
+use pier_sdk::attributes::{self, ClaimError};
 use pier_sdk::{CloseReason, ConnectionId, Peer, Plugin, Refusal};
-use pier_sdk::{attributes, connections, groups};
+use pier_sdk::{connections, groups};
 
 /// The attribute holding a member's name.
 const NAME: &str = "name";
@@ -30,7 +31,7 @@ fn tell_others(id: ConnectionId, text: &str) {
 }
 
 /// Why a proposed name is not acceptable, as the sentence to send back.
-fn name_problem(id: ConnectionId, name: &str) -> Option<String> {
+fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("Name cannot be empty.".into());
     }
@@ -40,22 +41,26 @@ fn name_problem(id: ConnectionId, name: &str) -> Option<String> {
     if name.starts_with('/') || name.chars().any(char::is_control) {
         return Some("Names cannot start with / or contain control characters.".into());
     }
-    if attributes::find(NAME, name)
-        .iter()
-        .any(|other| *other != id)
-    {
-        return Some(format!("The name {name} is taken."));
-    }
     None
+}
+
+/// Takes `name` for `id` if no one else in the room (on any node) has it: one atomic step, so
+/// two newcomers asking for one name at once never both get it.
+fn claim_name(id: ConnectionId, name: &str) -> Result<(), String> {
+    attributes::claim(id, NAME, name).map_err(|err| match err {
+        ClaimError::Taken => format!("The name {name} is taken."),
+        ClaimError::Unavailable => "Names cannot be checked right now; try again.".to_string(),
+        other => format!("Cannot use that name ({other:?})."),
+    })
 }
 
 fn choose_name(id: ConnectionId, line: &str) -> String {
     let name = line.trim();
-    if let Some(problem) = name_problem(id, name) {
+    if let Some(problem) = name_problem(name) {
         return format!("{problem} Enter your name:");
     }
-    if let Err(err) = attributes::set(id, NAME, name).map_err(|e| format!("{e:?}")) {
-        return format!("Cannot use that name ({err}). Enter your name:");
+    if let Err(problem) = claim_name(id, name) {
+        return format!("{problem} Enter your name:");
     }
     if groups::join(id, ROOM).is_err() {
         let _ = attributes::remove(id, NAME);
@@ -80,15 +85,15 @@ fn command(id: ConnectionId, name: &str, line: &str) -> Option<String> {
         "/nick" => {
             if arg == name {
                 format!("You are already {name}.")
-            } else if let Some(problem) = name_problem(id, arg) {
+            } else if let Some(problem) = name_problem(arg) {
                 problem
             } else {
-                match attributes::set(id, NAME, arg) {
+                match claim_name(id, arg) {
                     Ok(()) => {
                         tell_others(id, &format!("{name} is now known as {arg}"));
                         format!("You are now known as {arg}.")
                     }
-                    Err(e) => format!("Cannot use that name ({e:?})."),
+                    Err(problem) => problem,
                 }
             }
         }

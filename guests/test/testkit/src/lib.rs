@@ -11,6 +11,9 @@
 //!   `ordered` → sends `first` to itself, then replies `second`; `log TEXT` → logs TEXT at info;
 //!   `after MS` → a one-shot timer that fires `fired ID`; `every MS` → a periodic timer whose
 //!   firings say `tick ID N` and which cancels itself after the third (count kept in the host);
+//!   `join G` → joins group G (`joined`); `members G` → how many members G has;
+//!   `gsend G TEXT` → queues TEXT for G's other members and replies `reached N`;
+//!   `connected` → the listener's `stats.connected`;
 //!   anything else → `Echo: ` + frame;
 //! - on close: logs and tells everyone else `left ID REASON`.
 
@@ -18,7 +21,7 @@ use pier_sdk::Level;
 use pier_sdk::connections::{self, SendError};
 use pier_sdk::log;
 use pier_sdk::{CloseReason, ConnectionId, Peer, Plugin, Refusal};
-use pier_sdk::{attributes, timers};
+use pier_sdk::{attributes, groups, stats, timers};
 
 /// Most connections accepted at once.
 const CAPACITY: usize = 5;
@@ -133,6 +136,16 @@ impl Plugin for Testkit {
                 log::log(Level::Info, rest);
                 "logged".to_string()
             }
+            "join" => match groups::join(id, rest) {
+                Ok(()) => "joined".to_string(),
+                Err(e) => format!("join error {e:?}"),
+            },
+            "members" => groups::members(rest).len().to_string(),
+            "gsend" => {
+                let (group, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                format!("reached {}", groups::send(group, body.as_bytes(), Some(id)))
+            }
+            "connected" => stats::listener().connected.to_string(),
             _ => return Some([b"Echo: ".as_slice(), frame].concat()),
         };
         Some(reply.into_bytes())

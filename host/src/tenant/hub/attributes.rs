@@ -25,6 +25,45 @@ pub enum AttributeError {
     TooMany,
 }
 
+/// Why a claim failed (mirrors WIT `attributes.claim-error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// No open connection has this id.
+    #[error("no open connection has this id")]
+    UnknownConnection,
+    /// Empty or longer than [`MAX_NAME`].
+    #[error("attribute keys are 1 to {MAX_NAME} bytes")]
+    BadKey,
+    /// Longer than [`MAX_ATTRIBUTE_VALUE`].
+    #[error("attribute values are at most {MAX_ATTRIBUTE_VALUE} bytes")]
+    ValueTooLong,
+    /// Already [`MAX_PER_CONNECTION`] attributes, or the budget is spent.
+    #[error("a connection has at most {MAX_PER_CONNECTION} attributes")]
+    TooMany,
+    /// Another open connection holds the value.
+    #[error("another connection holds this value")]
+    Taken,
+    /// The cluster could not be asked in time.
+    #[error("the cluster could not be reached in time")]
+    Unavailable,
+}
+
+impl From<AttributeError> for ClaimError {
+    fn from(error: AttributeError) -> Self {
+        match error {
+            AttributeError::UnknownConnection => ClaimError::UnknownConnection,
+            AttributeError::BadKey => ClaimError::BadKey,
+            AttributeError::ValueTooLong => ClaimError::ValueTooLong,
+            AttributeError::TooMany => ClaimError::TooMany,
+        }
+    }
+}
+
+/// What [`Attributes::claim_attribute`] returns: done at once on one node, waiting for NATS in
+/// a cluster.
+pub type ClaimFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ClaimError>> + Send + 'a>>;
+
 /// Per-connection key/values (WIT `attributes`).
 pub trait Attributes: Send + Sync {
     /// Sets an attribute.
@@ -42,6 +81,29 @@ pub trait Attributes: Send + Sync {
     fn attributes(&self, id: ConnectionId) -> Vec<(String, String)>;
     /// Open connections whose attribute `key` is `value`.
     fn find_attribute(&self, key: &str, value: &str) -> Vec<ConnectionId>;
+    /// Sets an attribute unless another open connection holds the value, atomically with
+    /// respect to other claims.
+    fn claim_attribute<'a>(
+        &'a self,
+        id: ConnectionId,
+        key: &'a str,
+        value: String,
+    ) -> ClaimFuture<'a>;
+}
+
+impl LocalHub {
+    /// The one-node claim: the check and the set under the tenant's claim lock.
+    pub fn claim_here(&self, id: ConnectionId, key: &str, value: String) -> Result<(), ClaimError> {
+        let _claiming = lock(&self.claiming);
+        if self
+            .find_attribute(key, &value)
+            .iter()
+            .any(|holder| *holder != id)
+        {
+            return Err(ClaimError::Taken);
+        }
+        Ok(self.set_attribute(id, key, value)?)
+    }
 }
 
 impl Attributes for LocalHub {
@@ -113,5 +175,14 @@ impl Attributes for LocalHub {
             .filter(|(_, e)| lock(&e.attributes).get(key).is_some_and(|v| v == value))
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    fn claim_attribute<'a>(
+        &'a self,
+        id: ConnectionId,
+        key: &'a str,
+        value: String,
+    ) -> ClaimFuture<'a> {
+        Box::pin(std::future::ready(self.claim_here(id, key, value)))
     }
 }

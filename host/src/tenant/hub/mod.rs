@@ -31,7 +31,7 @@ use crate::limits::SlowConsumer;
 use crate::sys::lock;
 use crate::tenant::budget::{BudgetKind, Budgets};
 
-pub use attributes::{AttributeError, Attributes};
+pub use attributes::{AttributeError, Attributes, ClaimError, ClaimFuture};
 pub use connections::{Connections, SendError};
 pub use counters::{ConnectionStats, Counters, Meter, Stats, Tally};
 pub use groups::{GroupError, Groups};
@@ -118,6 +118,8 @@ pub struct LocalHub {
     groups: RwLock<HashMap<String, HashSet<ConnectionId>>>,
     /// Timer → its connection, so `cancel` can find the task that owns the timer.
     timer_owners: Mutex<HashMap<TimerId, ConnectionId>>,
+    /// Held by a claim between its check and its set, so claims are atomic among themselves.
+    claiming: Mutex<()>,
     /// How deep a connection's write queue may get and what happens beyond.
     full: QueueRules,
     /// The listener's maximum frame size.
@@ -153,6 +155,7 @@ impl LocalHub {
             entries: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             timer_owners: Mutex::new(HashMap::new()),
+            claiming: Mutex::new(()),
             max_frame,
             totals: Arc::new(Counters::default()),
             accepted: AtomicU64::new(0),

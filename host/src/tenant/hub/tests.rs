@@ -105,6 +105,39 @@ fn attributes_are_validated_found_and_readable_while_closing() {
 }
 
 #[test]
+fn a_claimed_value_is_held_by_one_open_connection_at_a_time() {
+    let hub = LocalHub::new(4, 64);
+    let _one = hub.register(peer(1));
+    let _two = hub.register(peer(2));
+    assert_eq!(hub.claim_here(1, "name", "ann".into()), Ok(()));
+    assert_eq!(
+        hub.claim_here(1, "name", "ann".into()),
+        Ok(()),
+        "its own value"
+    );
+    assert_eq!(
+        hub.claim_here(2, "name", "ann".into()),
+        Err(ClaimError::Taken)
+    );
+    assert_eq!(hub.attribute(2, "name"), None, "nothing was set");
+    // A value set without claiming counts as held too.
+    hub.set_attribute(2, "name", "bob".into()).expect("set");
+    assert_eq!(
+        hub.claim_here(1, "name", "bob".into()),
+        Err(ClaimError::Taken)
+    );
+    assert_eq!(
+        hub.claim_here(3, "name", "cat".into()),
+        Err(ClaimError::UnknownConnection)
+    );
+    assert_eq!(hub.claim_here(2, "", "x".into()), Err(ClaimError::BadKey));
+    // Once its holder is closing, the value is free.
+    hub.begin_close(1);
+    assert_eq!(hub.claim_here(2, "name", "ann".into()), Ok(()));
+    assert_eq!(hub.attribute(2, "name").as_deref(), Some("ann"));
+}
+
+#[test]
 fn groups_send_to_members_and_forget_closing_connections() {
     let hub = LocalHub::new(4, 64);
     let mut a = hub.register(peer(1));

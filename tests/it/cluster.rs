@@ -1,0 +1,388 @@
+//! One tenant over several pier nodes joined through a real nats-server: chat across three
+//! nodes, sends, closes and group sends to connections on other nodes, tenants kept apart, and
+//! the faults — NATS away at start, NATS restarted, a NATS server of a pair killed, a pier node
+//! killed with SIGKILL.
+//!
+//! Nodes learn of each other asynchronously (presence over NATS), so every test first waits
+//! for the state it needs to be visible — `/list` or `peers` showing everyone — never for time.
+
+use crate::support::nats::{Lines, Nats};
+use crate::support::served::Served;
+use crate::support::{WAIT, guest_file, ports, scratch_dir};
+
+/// `pier serve PLUGIN --framing lines` joined to the cluster at `nats` as node `node`.
+fn node(plugin: &str, nats: &[String], node: &str) -> Served {
+    Served::start(&[
+        plugin,
+        "--framing",
+        "lines",
+        "--cluster",
+        &nats.join(","),
+        "--node",
+        node,
+    ])
+}
+
+fn testkit() -> String {
+    guest_file("pier_testkit.wasm")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
+}
+
+/// A chat member on `addr` called `name`.
+fn member(addr: &str, name: &str) -> Lines {
+    let mut client = Lines::connect(addr);
+    client.wait("Welcome to pier chat! Enter your name:");
+    assert_eq!(
+        client.ask(name, "Hello "),
+        format!("Hello {name}! You can now chat.")
+    );
+    client
+}
+
+/// Asks `/list` until it shows `expected` (the room as every node will eventually see it).
+fn until_listed(client: &mut Lines, expected: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let list = client.ask("/list", "Online (");
+        if list == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room never showed {expected:?}; last: {list:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A testkit client: its id, from `whoami`.
+fn kit(addr: &str) -> (Lines, u64) {
+    let mut client = Lines::connect(addr);
+    let welcome = client.wait_from(0, "welcome", |l| l.starts_with("welcome "));
+    let id = welcome
+        .trim_start_matches("welcome ")
+        .parse()
+        .expect("an id in the greeting");
+    let whoami = client.ask("whoami", &format!("{id} "));
+    assert!(whoami.starts_with(&format!("{id} ")), "{whoami}");
+    (client, id)
+}
+
+/// Asks `question` until the reply is `expected`.
+fn until_reply(client: &mut Lines, question: &str, expected: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let from = client.seen();
+        client.say(question);
+        let reply = client.wait_from(from, "a reply", |_| true);
+        if reply == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{question:?} never answered {expected:?}; last: {reply:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn chat_across_three_nodes_has_one_room() {
+    let nats = Nats::start("cluster-chat");
+    let servers = [nats.url()];
+    let nodes: Vec<Served> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| node("chat", &servers, name))
+        .collect();
+    let mut ann = member(&nodes[0].addr, "ann");
+    let mut bob = member(&nodes[1].addr, "bob");
+    let mut cat = member(&nodes[2].addr, "cat");
+    for client in [&mut ann, &mut bob, &mut cat] {
+        until_listed(client, "Online (3): ann, bob, cat");
+    }
+    // A name is taken cluster-wide.
+    let mut other = Lines::connect(&nodes[1].addr);
+    other.wait("Welcome to pier chat! Enter your name:");
+    assert_eq!(
+        other.ask("ann", "The name"),
+        "The name ann is taken. Enter your name:"
+    );
+    drop(other);
+
+    // A message reaches every other member exactly once, and not its sender.
+    ann.say("hello from a");
+    bob.wait("ann: hello from a");
+    cat.wait("ann: hello from a");
+    bob.say("hello from b");
+    for client in [&ann, &cat] {
+        client.wait("bob: hello from b");
+    }
+    // Later lines from the same sender mark that nothing more of the first is coming: frames
+    // from one sender to one recipient keep their order.
+    ann.say("marker");
+    bob.wait("ann: marker");
+    cat.wait("ann: marker");
+    assert_eq!(bob.count("ann: hello from a"), 1, "{:?}", bob.all());
+    assert_eq!(cat.count("ann: hello from a"), 1, "{:?}", cat.all());
+    assert_eq!(ann.count("ann: hello from a"), 0, "{:?}", ann.all());
+    assert_eq!(ann.count("bob: hello from b"), 1);
+
+    // Leaving is told on every node.
+    cat.say("/quit");
+    cat.wait_closed();
+    ann.wait("cat left the chat");
+    bob.wait("cat left the chat");
+    until_listed(&mut ann, "Online (2): ann, bob");
+}
+
+#[test]
+fn two_newcomers_racing_for_one_name_on_two_nodes_exactly_one_gets_it() {
+    let nats = Nats::start("cluster-race");
+    let servers = [nats.url()];
+    let a = node("chat", &servers, "a");
+    let b = node("chat", &servers, "b");
+    let mut ann = member(&a.addr, "ann");
+    let mut bob = member(&b.addr, "bob");
+    until_listed(&mut ann, "Online (2): ann, bob");
+    until_listed(&mut bob, "Online (2): ann, bob");
+    for round in 0..10 {
+        let name = format!("racer{round}");
+        let mut first = Lines::connect(&a.addr);
+        let mut second = Lines::connect(&b.addr);
+        for client in [&first, &second] {
+            client.wait("Welcome to pier chat! Enter your name:");
+        }
+        // Both ask at once: the two claims meet in NATS, not in either node.
+        let (from_first, from_second) = (first.seen(), second.seen());
+        first.say(&name);
+        second.say(&name);
+        let answers = [
+            first.wait_from(from_first, "an answer", |_| true),
+            second.wait_from(from_second, "an answer", |_| true),
+        ];
+        let hello = format!("Hello {name}! You can now chat.");
+        let taken = format!("The name {name} is taken. Enter your name:");
+        assert_eq!(
+            answers.iter().filter(|a| **a == hello).count(),
+            1,
+            "round {round}: {answers:?}"
+        );
+        assert_eq!(
+            answers.iter().filter(|a| **a == taken).count(),
+            1,
+            "round {round}: {answers:?}"
+        );
+    }
+    // A name is free again once its holder leaves, on any node.
+    let mut ann_again = Lines::connect(&b.addr);
+    ann_again.wait("Welcome to pier chat! Enter your name:");
+    assert_eq!(
+        ann_again.ask("ann", "The name"),
+        "The name ann is taken. Enter your name:"
+    );
+    ann.say("/quit");
+    ann.wait_closed();
+    let deadline = std::time::Instant::now() + WAIT;
+    while ann_again.ask("ann", "") != "Hello ann! You can now chat." {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            ann_again.all()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn send_close_and_group_send_reach_connections_on_other_nodes() {
+    let nats = Nats::start("cluster-kit");
+    let servers = [nats.url()];
+    let kit_path = testkit();
+    let nodes: Vec<Served> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| node(&kit_path, &servers, name))
+        .collect();
+    let (mut x, _x_id) = kit(&nodes[0].addr);
+    let (mut y, y_id) = kit(&nodes[1].addr);
+    let (mut z, z_id) = kit(&nodes[2].addr);
+    for client in [&mut x, &mut y, &mut z] {
+        until_reply(client, "peers", "3");
+        until_reply(client, "connected", "3");
+    }
+    // Ids are unique across the nodes.
+    assert_ne!(y_id, z_id);
+
+    // `connections.send` to a connection on another node.
+    assert_eq!(x.ask(&format!("send {y_id} hi y"), "sent"), "sent");
+    y.wait("hi y");
+    assert_eq!(x.ask("send 12345 nobody", "unknown"), "unknown-connection");
+
+    // `groups.send` to a group with members on all three nodes reaches the other two.
+    for client in [&mut x, &mut y, &mut z] {
+        assert_eq!(client.ask("join room", "joined"), "joined");
+    }
+    for client in [&mut x, &mut y, &mut z] {
+        until_reply(client, "members room", "3");
+    }
+    assert_eq!(x.ask("gsend room to the room", "reached"), "reached 2");
+    y.wait("to the room");
+    z.wait("to the room");
+    x.say("marker");
+    x.wait("Echo: marker");
+    assert_eq!(x.count("to the room"), 0, "the sender is excepted");
+
+    // `close` of a connection on another node; its `on-close` tells everyone, everywhere.
+    assert_eq!(x.ask(&format!("close {z_id}"), "closed"), "closed true");
+    z.wait_closed();
+    let left = format!("left {z_id} plugin-closed");
+    x.wait(&left);
+    y.wait(&left);
+    until_reply(&mut x, "peers", "2");
+    until_reply(&mut y, &format!("send {z_id} gone?"), "unknown-connection");
+}
+
+#[test]
+fn a_second_tenant_with_the_same_group_names_receives_nothing_of_the_first() {
+    let nats = Nats::start("cluster-tenants");
+    let kit_path = testkit();
+    let start = |name: &str| {
+        let config = scratch_dir(&format!("cluster-tenants-{name}")).join("pier.toml");
+        let listener = |tenant: &str| {
+            format!(
+                "[[listener]]\nname = \"{tenant}\"\naddress = \"127.0.0.1:0\"\nplugin = \"{kit_path}\"\nframing = \"lines\"\n"
+            )
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\n{}{}",
+                nats.url(),
+                listener("one"),
+                listener("two")
+            ),
+        )
+        .expect("write pier.toml");
+        Served::start_listeners(&["--config", config.to_str().expect("utf-8")], 2)
+    };
+    let (a, b) = (start("a"), start("b"));
+    let (mut one_a, _) = kit(&a.addr_of("one"));
+    let (mut one_b, _) = kit(&b.addr_of("one"));
+    let (mut two_a, _) = kit(&a.addr_of("two"));
+    let (mut two_b, _) = kit(&b.addr_of("two"));
+    for client in [&mut one_a, &mut one_b, &mut two_a, &mut two_b] {
+        assert_eq!(client.ask("join room", "joined"), "joined");
+    }
+    for client in [&mut one_a, &mut one_b, &mut two_a, &mut two_b] {
+        until_reply(client, "members room", "2");
+        until_reply(client, "peers", "2");
+    }
+    assert_eq!(one_a.ask("gsend room for one", "reached"), "reached 1");
+    assert_eq!(
+        one_a.ask("broadcast everyone in one", "reached"),
+        "reached 1"
+    );
+    one_b.wait("for one");
+    one_b.wait("everyone in one");
+    // Tenant two's clients got none of it: their own echo comes back with nothing before it.
+    for client in [&mut two_a, &mut two_b] {
+        client.ask("marker", "Echo: marker");
+        assert!(
+            !client.all().iter().any(|l| l.contains("one")),
+            "{:?}",
+            client.all()
+        );
+    }
+}
+
+#[test]
+fn nats_away_at_start_then_restarted_mid_chat_and_a_node_killed() {
+    // NATS is not there yet: the node starts, serves its own clients and says so once.
+    let port = ports::reserved_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = node("chat", std::slice::from_ref(&url), "a");
+    assert!(a.wait_for_log("cannot reach NATS"), "{}", a.log());
+    let mut ann = Lines::connect(&a.addr);
+    ann.wait("Welcome to pier chat! Enter your name:");
+    // A name is unique cluster-wide, so it cannot be granted while the cluster is away; the
+    // chat says so and nothing blocks.
+    assert_eq!(
+        ann.ask("ann", "Names"),
+        "Names cannot be checked right now; try again. Enter your name:"
+    );
+    assert_eq!(
+        ann.ask("/help", "Names"),
+        "Names cannot start with / or contain control characters. Enter your name:"
+    );
+
+    // NATS comes (on the port the nodes were told): the cluster forms by itself.
+    let mut nats = Nats::start_on("cluster-faults", port);
+    let deadline = std::time::Instant::now() + WAIT;
+    while ann.ask("ann", "") != "Hello ann! You can now chat." {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never named: {:?}",
+            ann.all()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let b = node("chat", std::slice::from_ref(&url), "b");
+    let mut bob = member(&b.addr, "bob");
+    until_listed(&mut ann, "Online (2): ann, bob");
+    until_listed(&mut bob, "Online (2): ann, bob");
+
+    // NATS restarted mid-chat: cross-node traffic resumes, no pier restart.
+    nats.restart();
+    resumes(&mut ann, &bob, "ann");
+    resumes(&mut bob, &ann, "bob");
+
+    // A node killed with SIGKILL: its members leave the others' view within the bound.
+    let mut c = node("chat", std::slice::from_ref(&url), "c");
+    let mut cat = member(&c.addr, "cat");
+    until_listed(&mut ann, "Online (3): ann, bob, cat");
+    until_listed(&mut cat, "Online (3): ann, bob, cat");
+    c.child.kill().expect("kill node c");
+    let _ = c.child.wait();
+    until_listed(&mut ann, "Online (2): ann, bob");
+    until_listed(&mut bob, "Online (2): ann, bob");
+    resumes(&mut ann, &bob, "ann");
+}
+
+/// Sends numbered lines from `from` until `to` receives one: cross-node delivery works again.
+fn resumes(from: &mut Lines, to: &Lines, name: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    for i in 0.. {
+        let line = format!("are you there {i}");
+        from.say(&line);
+        let expected = format!("{name}: {line}");
+        let waited = std::time::Instant::now();
+        while waited.elapsed() < std::time::Duration::from_millis(200) {
+            if to.count(&expected) > 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cross-node delivery never resumed; got {:?}",
+            to.all()
+        );
+    }
+}
+
+#[test]
+fn a_nats_server_of_a_pair_killed_the_nodes_fail_over() {
+    let (mut first, second) = Nats::pair("cluster-pair");
+    let servers = [first.url(), second.url()];
+    let a = node("chat", &servers, "a");
+    let b = node("chat", &servers, "b");
+    let mut ann = member(&a.addr, "ann");
+    let mut bob = member(&b.addr, "bob");
+    until_listed(&mut ann, "Online (2): ann, bob");
+    until_listed(&mut bob, "Online (2): ann, bob");
+    first.kill();
+    resumes(&mut ann, &bob, "ann");
+    resumes(&mut bob, &ann, "bob");
+    until_listed(&mut ann, "Online (2): ann, bob");
+}
