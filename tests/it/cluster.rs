@@ -30,15 +30,24 @@ fn testkit() -> String {
         .to_string()
 }
 
-/// A chat member on `addr` called `name`.
+/// A chat member on `addr` called `name`. Names are claimed through JetStream, which a fresh
+/// NATS (or NATS cluster) serves only once it is ready: until then the chat answers that names
+/// cannot be checked, and the member asks again.
 fn member(addr: &str, name: &str) -> Lines {
     let mut client = Lines::connect(addr);
     client.wait("Welcome to pier chat! Enter your name:");
-    assert_eq!(
-        client.ask(name, "Hello "),
-        format!("Hello {name}! You can now chat.")
-    );
-    client
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answer = client.ask(name, "");
+        if answer == format!("Hello {name}! You can now chat.") {
+            return client;
+        }
+        assert!(
+            answer.starts_with("Names cannot be checked right now")
+                && std::time::Instant::now() < deadline,
+            "{name} was not let in: {answer:?}"
+        );
+    }
 }
 
 /// Asks `/list` until it shows `expected` (the room as every node will eventually see it).
@@ -257,7 +266,7 @@ fn a_second_tenant_with_the_same_group_names_receives_nothing_of_the_first() {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\n{}{}",
+                "[admin]\naddress = \"127.0.0.1:0\"\n[cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\n{}{}",
                 nats.url(),
                 listener("one"),
                 listener("two")
@@ -294,6 +303,32 @@ fn a_second_tenant_with_the_same_group_names_receives_nothing_of_the_first() {
             client.all()
         );
     }
+    // The cluster's figures, per tenant, and the node in /plugins.
+    let admin = a.admin_addr();
+    let expected = [
+        "pier_cluster_connected 1",
+        "pier_cluster_nodes{listener=\"one\"} 1",
+        "pier_cluster_nodes{listener=\"two\"} 1",
+    ];
+    // The node count is refreshed once a heartbeat.
+    crate::support::served::eventually("the cluster figures", || {
+        let metrics = crate::support::served::http_get(&admin, "/metrics");
+        expected.iter().all(|line| metrics.contains(line))
+    });
+    let metrics = crate::support::served::http_get(&admin, "/metrics");
+    let sent = metrics
+        .lines()
+        .find(|l| l.starts_with("pier_cluster_messages_total{direction=\"out\",listener=\"one\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("messages out in\n{metrics}"));
+    assert!(sent > 0);
+    let plugins = crate::support::served::http_get(&admin, "/plugins");
+    assert!(plugins.contains(r#""node":"a""#), "{plugins}");
+    assert!(
+        a.log().contains("cluster node a; listener one)"),
+        "{}",
+        a.log()
+    );
 }
 
 #[test]
@@ -385,4 +420,81 @@ fn a_nats_server_of_a_pair_killed_the_nodes_fail_over() {
     resumes(&mut ann, &bob, "ann");
     resumes(&mut bob, &ann, "bob");
     until_listed(&mut ann, "Online (2): ann, bob");
+}
+
+/// One length-prefixed JSON client (the seed protocol's framing: 4-byte big-endian length).
+struct Json(std::net::TcpStream);
+
+impl Json {
+    fn connect(addr: &str) -> Json {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        Json(stream)
+    }
+
+    fn send(&mut self, value: serde_json::Value) {
+        use std::io::Write;
+        let body = value.to_string();
+        let len = u32::try_from(body.len()).expect("small frame");
+        self.0.write_all(&len.to_be_bytes()).expect("send");
+        self.0.write_all(body.as_bytes()).expect("send");
+    }
+
+    fn read(&mut self) -> serde_json::Value {
+        use std::io::Read;
+        let mut len = [0u8; 4];
+        self.0.read_exact(&mut len).expect("a frame in time");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.0.read_exact(&mut body).expect("a frame in time");
+        serde_json::from_slice(&body).expect("JSON")
+    }
+
+    fn ask(&mut self, value: serde_json::Value) -> serde_json::Value {
+        self.send(value);
+        self.read()
+    }
+}
+
+#[test]
+fn the_json_protocols_broadcast_and_stats_span_two_nodes() {
+    use serde_json::json;
+    let nats = Nats::start("cluster-lpjson");
+    let servers = [nats.url()];
+    let start = |name: &str| {
+        Served::start(&[
+            "lpjson",
+            "--framing",
+            "length-prefixed",
+            "--cluster",
+            &servers.join(","),
+            "--node",
+            name,
+        ])
+    };
+    let (a, b) = (start("a"), start("b"));
+    let mut on_a = Json::connect(&a.addr);
+    let mut on_b = Json::connect(&b.addr);
+    // `get_stats` counts the whole tenant's clients once both nodes see each other.
+    for client in [&mut on_a, &mut on_b] {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let stats = client.ask(json!({"type": "get_stats"}));
+            assert_eq!(stats["type"], "server_stats");
+            if stats["connected_clients"] == 2 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{stats}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let sent = on_a.ask(json!({"type": "broadcast", "content": "across nodes"}));
+    assert_eq!(sent["type"], "broadcast_sent");
+    assert_eq!(sent["recipients"], 1);
+    let note = on_b.read();
+    assert_eq!(note["type"], "broadcast");
+    assert_eq!(note["content"], "across nodes");
+    assert_eq!(
+        note["from"],
+        on_a.0.local_addr().expect("address").to_string().as_str()
+    );
 }

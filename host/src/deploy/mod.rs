@@ -93,6 +93,11 @@ impl Deployer {
         })
     }
 
+    /// This node's cluster name, when its tenants span a cluster.
+    pub fn node(&self) -> Option<String> {
+        lock(&self.cluster).as_ref().map(|c| c.node.clone())
+    }
+
     /// Makes every listener started from now on one tenant with the same-named listeners of
     /// the other nodes of `cluster`.
     pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
@@ -496,8 +501,12 @@ impl Deployer {
             Some(_) => format!("; listener {}", spec.name),
             None => String::new(),
         };
+        let node = match self.node() {
+            Some(node) => format!(", cluster node {node}"),
+            None => String::new(),
+        };
         eprintln!(
-            "pier: listening on {addr} (plugin {}, framing {}{mode}{name})",
+            "pier: listening on {addr} (plugin {}, framing {}{mode}{node}{name})",
             plugin.name, spec.framing
         );
         for (socket, door) in door_sockets.into_iter().zip(prepared.doors) {

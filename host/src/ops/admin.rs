@@ -99,6 +99,9 @@ async fn healthz() -> &'static str {
 #[derive(Serialize)]
 struct PluginEntry {
     listener: String,
+    /// This node's cluster name (absent without a cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
     /// The listener's bound address (the parent's, for an SNI route).
     address: String,
     plugin: String,
@@ -117,6 +120,7 @@ struct PluginEntry {
 }
 
 async fn plugins(State(deployer): State<Arc<Deployer>>) -> Response {
+    let node = deployer.node();
     let entries: Vec<PluginEntry> = tenants(&deployer)
         .into_iter()
         .map(|(shared, addr)| {
@@ -124,6 +128,7 @@ async fn plugins(State(deployer): State<Arc<Deployer>>) -> Response {
             let plugin = &deployment.plugin;
             PluginEntry {
                 listener: shared.name.to_string(),
+                node: node.clone(),
                 address: addr.to_string(),
                 plugin: plugin.name.to_string(),
                 version: plugin.version.clone(),
