@@ -381,7 +381,12 @@ fn nats_away_at_start_then_restarted_mid_chat_and_a_node_killed() {
     let _ = c.child.wait();
     until_listed(&mut ann, "Online (2): ann, bob");
     until_listed(&mut bob, "Online (2): ann, bob");
+    // One surviving node speaks for the dead one: the chat says cat left, once, everywhere.
+    ann.wait("cat left the chat");
+    bob.wait("cat left the chat");
     resumes(&mut ann, &bob, "ann");
+    assert_eq!(ann.count("cat left the chat"), 1, "{:?}", ann.all());
+    assert_eq!(bob.count("cat left the chat"), 1, "{:?}", bob.all());
 }
 
 /// Sends numbered lines from `from` until `to` receives one: cross-node delivery works again.

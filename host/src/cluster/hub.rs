@@ -49,6 +49,12 @@ impl ClusterHub {
         }
     }
 
+    /// Makes `run` call the plugin's `on-close` for the connections of a node that vanished
+    /// (the listener sets it once it exists).
+    pub fn on_departures(&self, run: super::link::Departures) {
+        let _ = self.link.departures.set(run);
+    }
+
     /// Gives up connection `id`'s claim of `key`, if it has one.
     fn release(&self, id: ConnectionId, key: &str) {
         let held = lock(&self.held)
@@ -176,12 +182,19 @@ impl Attributes for ClusterHub {
     }
 
     fn attribute(&self, id: ConnectionId, key: &str) -> Option<String> {
-        self.local.attribute(id, key).or_else(|| {
-            self.link
-                .mirror()
-                .get(id)
-                .and_then(|r| r.attributes.get(key).cloned())
-        })
+        self.local
+            .attribute(id, key)
+            .or_else(|| {
+                self.link
+                    .mirror()
+                    .get(id)
+                    .and_then(|r| r.attributes.get(key).cloned())
+            })
+            .or_else(|| {
+                lock(&self.link.departed)
+                    .get(&id)
+                    .and_then(|r| r.attributes.get(key).cloned())
+            })
     }
 
     fn remove_attribute(&self, id: ConnectionId, key: &str) -> Option<String> {
@@ -201,15 +214,19 @@ impl Attributes for ClusterHub {
     }
 
     fn attributes(&self, id: ConnectionId) -> Vec<(String, String)> {
-        if self.local.lookup(id).is_some() || self.link.mirror().get(id).is_none() {
-            return self.local.attributes(id);
-        }
-        self.link.mirror().get(id).map_or_else(Vec::new, |r| {
+        let pairs = |r: &super::mirror::Remote| -> Vec<(String, String)> {
             r.attributes
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
-        })
+        };
+        if let Some(remote) = self.link.mirror().get(id) {
+            return pairs(remote);
+        }
+        if let Some(remote) = lock(&self.link.departed).get(&id) {
+            return pairs(remote);
+        }
+        self.local.attributes(id)
     }
 
     fn claim_attribute<'a>(

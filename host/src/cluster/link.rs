@@ -28,11 +28,11 @@ use tracing::{debug, info, warn};
 
 use crate::ops::metrics::ClusterMetrics;
 use crate::sys::lock;
-use crate::tenant::hub::{Attributes, Connections, Groups, LocalHub, Stats};
+use crate::tenant::hub::{Attributes, ConnectionId, Connections, Groups, LocalHub, Stats};
 
 use super::Cluster;
 use super::claims::Held;
-use super::mirror::{Followup, Mirror};
+use super::mirror::{Followup, Mirror, Remote};
 use super::wire::{Change, FrameKind, FrameMessage, Presence, Subjects, WireConnection, WirePeer};
 
 /// Most messages waiting to be published, per tenant.
@@ -82,7 +82,16 @@ pub struct Link {
     /// `pier_cluster_*` of this tenant.
     pub metrics: ClusterMetrics,
     snapshot_now: Notify,
+    /// Connections of a node that vanished, readable (attributes) while the plugin's
+    /// `on-close` runs for them here.
+    pub departed: Mutex<HashMap<ConnectionId, Remote>>,
+    /// Runs the plugin's `on-close` for connections of a vanished node (set by the listener).
+    pub departures: std::sync::OnceLock<Departures>,
 }
+
+/// What runs the plugin's `on-close` for connections of a node that vanished: it blocks (a
+/// guest call), so it runs on a blocking thread.
+pub type Departures = Box<dyn Fn(Vec<ConnectionId>) + Send + Sync>;
 
 impl Link {
     /// Starts tenant `name`'s link: its tasks run on the current tokio runtime until the
@@ -102,6 +111,8 @@ impl Link {
             wanted: Mutex::new(HashSet::new()),
             stop: CancellationToken::new(),
             snapshot_now: Notify::new(),
+            departed: Mutex::new(HashMap::new()),
+            departures: std::sync::OnceLock::new(),
         });
         tokio::spawn(publish(link.clone(), rx));
         tokio::spawn(receive(link.clone()));
@@ -318,6 +329,34 @@ impl Link {
     }
 }
 
+/// Runs the plugin's `on-close` for the connections of a vanished node, on this node (the
+/// first surviving one by name, so one node speaks for them): what the plugin says to the
+/// others then reaches every node once, as if their own node had closed them.
+fn depart(link: &Arc<Link>, gone: Vec<Remote>) {
+    if link.departures.get().is_none() {
+        return;
+    }
+    let ids: Vec<ConnectionId> = gone.iter().map(|r| r.peer.id).collect();
+    lock(&link.departed).extend(gone.into_iter().map(|r| (r.peer.id, r)));
+    let link = link.clone();
+    tokio::spawn(async move {
+        let run = {
+            let link = link.clone();
+            let ids = ids.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(departures) = link.departures.get() {
+                    departures(ids);
+                }
+            })
+        };
+        let _ = run.await;
+        let mut departed = lock(&link.departed);
+        for id in ids {
+            departed.remove(&id);
+        }
+    });
+}
+
 /// Publishes the outgoing queue and keeps the group subscriptions.
 async fn publish(link: Arc<Link>, mut rx: mpsc::Receiver<Outgoing>) {
     let client = link.cluster.client().clone();
@@ -481,11 +520,18 @@ async fn receive(link: Arc<Link>) {
             _ = tick.tick() => {
                 let open = link.local.listener_stats().connected as usize;
                 link.announce(Change::Heartbeat { open });
-                let mut mirror = link.mirror_mut();
-                for node in mirror.expire(Instant::now()) {
-                    info!(listener = %link.name, node = %node, "cluster: node went silent; its connections are gone from this node's view");
+                let (expired, speaker) = {
+                    let mut mirror = link.mirror_mut();
+                    let expired = mirror.expire(Instant::now());
+                    link.metrics.nodes.set(mirror.nodes().len() as i64);
+                    (expired, mirror.first_by_name(&link.cluster.node))
+                };
+                for (node, gone) in expired {
+                    info!(listener = %link.name, node = %node, connections = gone.len(), "cluster: node went silent; its connections are gone from this node's view");
+                    if speaker && !gone.is_empty() {
+                        depart(&link, gone);
+                    }
                 }
-                link.metrics.nodes.set(mirror.nodes().len() as i64);
             }
             () = link.stop.cancelled() => break,
         }

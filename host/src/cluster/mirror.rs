@@ -142,7 +142,7 @@ impl Mirror {
     }
 
     fn replace(&mut self, node: &str, seq: u64, connections: Vec<WireConnection>) {
-        self.clear_connections(node);
+        let _stale = self.clear_connections(node);
         if let Some(view) = self.nodes.get_mut(node) {
             view.seq = Some(seq);
             view.asked = None;
@@ -227,18 +227,22 @@ impl Mirror {
         }
     }
 
-    /// Forgets nodes silent for longer than [`PRESENCE_TIMEOUT`]; their names.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    /// Forgets nodes silent for longer than [`PRESENCE_TIMEOUT`]: their names, each with the
+    /// connections it had (gone without their own node saying so).
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, Vec<Remote>)> {
         let silent: Vec<String> = self
             .nodes
             .iter()
             .filter(|(_, v)| now.duration_since(v.last_heard) > PRESENCE_TIMEOUT)
             .map(|(name, _)| name.clone())
             .collect();
-        for name in &silent {
-            self.forget(name);
-        }
         silent
+            .into_iter()
+            .map(|name| {
+                let gone = self.forget(&name);
+                (name, gone)
+            })
+            .collect()
     }
 
     /// Forgets every node (this node lost NATS: nothing it knows of the others is current).
@@ -246,21 +250,25 @@ impl Mirror {
         *self = Mirror::default();
     }
 
-    fn clear_connections(&mut self, node: &str) {
+    fn clear_connections(&mut self, node: &str) -> Vec<Remote> {
         let Some(view) = self.nodes.get_mut(node) else {
-            return;
+            return Vec::new();
         };
+        let mut gone = Vec::new();
         for (id, remote) in view.connections.drain() {
             self.owner.remove(&id);
-            for group in remote.groups {
-                remove_member(&mut self.groups, &group, id);
+            for group in &remote.groups {
+                remove_member(&mut self.groups, group, id);
             }
+            gone.push(remote);
         }
+        gone
     }
 
-    fn forget(&mut self, node: &str) {
-        self.clear_connections(node);
+    fn forget(&mut self, node: &str) -> Vec<Remote> {
+        let gone = self.clear_connections(node);
         self.nodes.remove(node);
+        gone
     }
 
     /// The node connection `id` is on, if it is a known remote connection.
@@ -287,6 +295,12 @@ impl Mirror {
     /// A group's remote members.
     pub fn members(&self, group: &str) -> impl Iterator<Item = ConnectionId> + '_ {
         self.groups.get(group).into_iter().flatten().copied()
+    }
+
+    /// Whether `own` comes first by name among the nodes known now and itself: the one node
+    /// that speaks for a node that vanished.
+    pub fn first_by_name(&self, own: &str) -> bool {
+        self.nodes.keys().all(|other| own < other.as_str())
     }
 
     /// The nodes known now, with their connection counts.
@@ -414,9 +428,12 @@ mod tests {
         mirror.apply("a", message(1, snapshot(vec![known])), now);
         assert!(mirror.expire(now + PRESENCE_TIMEOUT / 2).is_empty());
         assert_eq!(mirror.count(), 1);
+        let gone = mirror.expire(now + PRESENCE_TIMEOUT + Duration::from_millis(1));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, "b");
         assert_eq!(
-            mirror.expire(now + PRESENCE_TIMEOUT + Duration::from_millis(1)),
-            vec!["b".to_string()]
+            gone[0].1.iter().map(|r| r.peer.id).collect::<Vec<_>>(),
+            vec![3]
         );
         assert_eq!(mirror.count(), 0);
         assert_eq!(mirror.members("g").count(), 0);

@@ -118,6 +118,37 @@ impl std::fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// Calls `on-close(id, io-error)` for connections that were open on another node of a
+    /// cluster when that node vanished, on a fresh instance in its own store (they have no
+    /// worker here). Each call runs under `limits`; a fault ends the rest (they are logged and
+    /// skipped), like a fault ends one connection. Blocks: run it on a blocking thread.
+    pub fn close_elsewhere(
+        &self,
+        ctx: Arc<ListenerContext>,
+        config: Arc<crate::runtime::PluginConfig>,
+        limits: crate::limits::InstanceLimits,
+        ids: &[crate::tenant::hub::ConnectionId],
+    ) -> Result<(), String> {
+        let state = HostState::new(ctx, self.name.clone(), limits.memory, false, config);
+        let mut store = wasmtime::Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(super::deadline_ticks(limits.call_deadline));
+        let bindings = futures_executor::block_on(self.pre.instantiate_async(&mut store))
+            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+        for &id in ids {
+            store.data_mut().begin_call(id);
+            store.set_epoch_deadline(super::deadline_ticks(limits.call_deadline));
+            let call = bindings.pier_plugin_handler().call_on_close(
+                &mut store,
+                id,
+                super::bindings::CloseReason::IoError,
+            );
+            futures_executor::block_on(call)
+                .map_err(|e| format!("on-close of connection {id} failed: {:#}", e.root_cause()))?;
+        }
+        Ok(())
+    }
+
     /// Imports that are stubbed to trap (WASI interfaces beyond the deny-by-default WASI 0.2
     /// pier links, see `runtime::wasi`).
     pub fn stubbed_imports(&self) -> impl Iterator<Item = &str> {

@@ -181,13 +181,16 @@ impl ListenerShared {
             Some(cluster) => cluster.connection_ids(&name),
             None => (0, Arc::new(AtomicU64::new(1))),
         };
-        let hub: Arc<dyn Registry> = match settings.cluster {
-            Some(cluster) => Arc::new(crate::cluster::ClusterHub::new(
-                cluster,
-                name.clone(),
-                local,
-            )),
-            None => Arc::new(local),
+        let (hub, cluster_hub): (Arc<dyn Registry>, _) = match settings.cluster {
+            Some(cluster) => {
+                let hub = Arc::new(crate::cluster::ClusterHub::new(
+                    cluster,
+                    name.clone(),
+                    local,
+                ));
+                (hub.clone(), Some(hub))
+            }
+            None => (Arc::new(local), None),
         };
         let ctx = Arc::new(ListenerContext {
             name: name.clone(),
@@ -202,7 +205,7 @@ impl ListenerShared {
             )),
         });
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(ListenerShared {
+        let shared = Arc::new(ListenerShared {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             name,
             framing: settings.framing,
@@ -233,7 +236,44 @@ impl ListenerShared {
             retired: Arc::new(AtomicBool::new(false)),
             next_connection,
             id_base,
-        })
+        });
+        if let Some(hub) = cluster_hub {
+            let tenant = Arc::downgrade(&shared);
+            hub.on_departures(Box::new(move |ids| {
+                if let Some(tenant) = tenant.upgrade() {
+                    tenant.close_elsewhere(&ids);
+                }
+            }));
+        }
+        shared
+    }
+
+    /// Runs the plugin's `on-close` for connections that were open on a cluster node that
+    /// vanished (this node speaks for them), so what the plugin tells the others — chat's "left
+    /// the chat" — is said once.
+    fn close_elsewhere(&self, ids: &[crate::tenant::hub::ConnectionId]) {
+        let deployment = self.slot.current();
+        let limits = self
+            .limits
+            .instance
+            .unwrap_or(crate::limits::InstanceLimits {
+                memory: 64 * 1024 * 1024,
+                call_deadline: std::time::Duration::from_secs(1),
+            });
+        let outcome = deployment.plugin.close_elsewhere(
+            self.ctx.clone(),
+            deployment.config.clone(),
+            limits,
+            ids,
+        );
+        match outcome {
+            Ok(()) => tracing::info!(
+                listener = %self.name,
+                connections = ids.len(),
+                "cluster: ran on-close for the connections of a node that vanished"
+            ),
+            Err(err) => tracing::warn!(listener = %self.name, "cluster: {err}"),
+        }
     }
 
     /// The id of this tenant's next connection: the listener's process-unique id in the high
