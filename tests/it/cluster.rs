@@ -307,6 +307,7 @@ fn a_second_tenant_with_the_same_group_names_receives_nothing_of_the_first() {
     let admin = a.admin_addr();
     let expected = [
         "pier_cluster_connected 1",
+        "pier_cluster_node_info{node=\"a\"} 1",
         "pier_cluster_nodes{listener=\"one\"} 1",
         "pier_cluster_nodes{listener=\"two\"} 1",
     ];
@@ -502,4 +503,77 @@ fn the_json_protocols_broadcast_and_stats_span_two_nodes() {
         note["from"],
         on_a.0.local_addr().expect("address").to_string().as_str()
     );
+}
+
+#[test]
+fn nodes_authenticate_to_nats_with_secrets_from_files() {
+    let nats = Nats::start_with_auth("cluster-auth", &["--user", "pier", "--pass", "s3cret"]);
+    let folder = scratch_dir("cluster-auth-files");
+    std::fs::write(folder.join("right"), "s3cret\n").expect("write the password");
+    std::fs::write(folder.join("wrong"), "guess\n").expect("write the password");
+    let start = |name: &str, password: &str| {
+        let config = folder.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\nuser = \"pier\"\npassword_file = \"{password}\"\n\
+                 [[listener]]\nname = \"chat\"\naddress = \"127.0.0.1:0\"\nplugin = \"chat\"\nframing = \"lines\"\n",
+                nats.url()
+            ),
+        )
+        .expect("write pier.toml");
+        Served::start(&["--config", config.to_str().expect("utf-8")])
+    };
+    let (a, b) = (start("a", "right"), start("b", "right"));
+    let mut ann = member(&a.addr, "ann");
+    let bob = member(&b.addr, "bob");
+    until_listed(&mut ann, "Online (2): ann, bob");
+    ann.say("signed in");
+    bob.wait("ann: signed in");
+    // A node with the wrong password is refused by NATS: it says so and serves alone.
+    let c = start("c", "wrong");
+    assert!(c.wait_for_log("cannot reach NATS"), "{}", c.log());
+    assert!(
+        !c.log().contains("guess"),
+        "the secret stays out of the log"
+    );
+    let cat = Lines::connect(&c.addr);
+    cat.wait("Welcome to pier chat! Enter your name:");
+    until_listed(&mut ann, "Online (2): ann, bob");
+}
+
+#[test]
+fn nodes_reach_nats_over_tls_checked_against_the_configured_ca() {
+    let (certs, _) = crate::support::served::certificates("cluster-tls-certs", &[]);
+    let pem = |name: &str| certs.join(name).to_str().expect("utf-8").to_string();
+    let nats = Nats::start_with_auth(
+        "cluster-tls",
+        &[
+            "--tls",
+            "--tlscert",
+            &pem("server.pem"),
+            "--tlskey",
+            &pem("server-key.pem"),
+        ],
+    );
+    let start = |name: &str| {
+        let config = scratch_dir(&format!("cluster-tls-{name}")).join("pier.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nnats = [\"tls://127.0.0.1:{}\"]\nnode = \"{name}\"\n[cluster.tls]\nca = \"{}\"\n\
+                 [[listener]]\nname = \"chat\"\naddress = \"127.0.0.1:0\"\nplugin = \"chat\"\nframing = \"lines\"\n",
+                nats.port,
+                pem("ca.pem")
+            ),
+        )
+        .expect("write pier.toml");
+        Served::start(&["--config", config.to_str().expect("utf-8")])
+    };
+    let (a, b) = (start("a"), start("b"));
+    let mut ann = member(&a.addr, "ann");
+    let bob = member(&b.addr, "bob");
+    until_listed(&mut ann, "Online (2): ann, bob");
+    ann.say("over tls");
+    bob.wait("ann: over tls");
 }

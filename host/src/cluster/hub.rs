@@ -269,14 +269,20 @@ impl Attributes for ClusterHub {
             ) {
                 return Err(ClaimError::Unavailable);
             }
-            let held = self
+            let started = std::time::Instant::now();
+            let outcome = self
                 .link
                 .cluster
                 .claims
                 .claim(&self.link.name, key, &value, id, |holder| {
                     self.is_open(holder)
                 })
-                .await?;
+                .await;
+            self.link
+                .metrics
+                .claim_duration
+                .observe(started.elapsed().as_secs_f64());
+            let held = outcome?;
             match self.set_attribute(id, key, value) {
                 Ok(()) => {
                     // The connection may have closed while NATS answered: then give it back.

@@ -221,6 +221,7 @@ impl Cluster {
             .await
             .context("cluster: cannot set up the NATS client")?;
         crate::ops::metrics::cluster_connected(false);
+        crate::ops::metrics::cluster_node(&spec.node);
         let incarnation = loop {
             let drawn = rand::random::<u32>() & 0x00ff_ffff;
             if drawn != 0 {

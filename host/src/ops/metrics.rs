@@ -74,6 +74,8 @@ struct Families {
     cluster_bytes: IntCounterVec,
     cluster_dropped: IntCounterVec,
     cluster_nodes: IntGaugeVec,
+    cluster_claim_duration: HistogramVec,
+    cluster_node: IntGaugeVec,
 }
 
 const LISTENER: &[&str] = &["listener"];
@@ -120,8 +122,24 @@ impl Families {
         )
         .unwrap_or_else(|e| panic!("metric pier_cluster_connected: {e}"));
         register(&registry, Box::new(cluster_connected.clone()));
+        let cluster_claim_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pier_cluster_claim_duration_seconds",
+                "Time a cluster-wide attributes.claim waited for NATS (JetStream key-value), whatever the outcome.",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+            LISTENER,
+        )
+        .unwrap_or_else(|e| panic!("metric pier_cluster_claim_duration_seconds: {e}"));
+        register(&registry, Box::new(cluster_claim_duration.clone()));
         Families {
             cluster_connected,
+            cluster_claim_duration,
+            cluster_node: gauge(
+                "pier_cluster_node_info",
+                "1, labelled with this process's cluster node name (join it to the node-local figures, e.g. pier_connections_open).",
+                &["node"],
+            ),
             cluster_messages: counter(
                 "pier_cluster_messages_total",
                 "Messages between this node and the others of its tenants, by direction: out (published), in (received).",
@@ -301,6 +319,8 @@ pub struct ClusterMetrics {
     pub dropped_publish: IntCounter,
     /// Other nodes heard from.
     pub nodes: IntGauge,
+    /// How long claims waited for NATS.
+    pub claim_duration: Histogram,
 }
 
 impl ClusterMetrics {
@@ -316,8 +336,14 @@ impl ClusterMetrics {
             dropped_malformed: f.cluster_dropped.with_label_values(&[name, "malformed"]),
             dropped_publish: f.cluster_dropped.with_label_values(&[name, "publish"]),
             nodes: f.cluster_nodes.with_label_values(&[name]),
+            claim_duration: f.cluster_claim_duration.with_label_values(&[name]),
         }
     }
+}
+
+/// Sets `pier_cluster_node_info{node}`.
+pub fn cluster_node(node: &str) {
+    FAMILIES.cluster_node.with_label_values(&[node]).set(1);
 }
 
 /// Sets `pier_cluster_connected`.

@@ -28,6 +28,12 @@ impl Nats {
         Self::start_with(test, &[])
     }
 
+    /// Starts a standalone server that requires the credentials in `auth` (nats-server flags,
+    /// e.g. `--user U --pass P`).
+    pub fn start_with_auth(test: &str, auth: &[&str]) -> Nats {
+        Self::start_with(test, auth)
+    }
+
     /// Starts two servers routed into one NATS cluster (a client of either reaches both).
     pub fn pair(test: &str) -> (Nats, Nats) {
         let (route_a, route_b) = (ports::reserved_port(), ports::reserved_port());
