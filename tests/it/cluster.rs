@@ -577,3 +577,175 @@ fn nodes_reach_nats_over_tls_checked_against_the_configured_ca() {
     ann.say("over tls");
     bob.wait("ann: over tls");
 }
+
+/// Runs `pier deploy --cluster URL ARGS` and returns its exit code and stdout.
+fn deploy(nats: &Nats, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = crate::support::served::pier()
+        .args(["deploy", "--cluster", &nats.url(), "--timeout", "60s"])
+        .args(args)
+        .output()
+        .expect("run pier deploy");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A line client that keeps asking `n` and checking `Echo: n` on one connection until stopped:
+/// the traffic that must flow through a rollout without a dropped connection or a lost frame.
+struct Steady {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Steady {
+    fn start(addr: &str) -> Steady {
+        use std::io::{BufRead, Write};
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut writer = stream.try_clone().expect("clone");
+            let mut reader = std::io::BufReader::new(stream);
+            let (mut answered, mut problems) = (0, Vec::new());
+            let mut n = 0u64;
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                if writeln!(writer, "{n}").is_err() {
+                    problems.push(format!("{n}: connection dropped"));
+                    break;
+                }
+                let mut reply = String::new();
+                // After the swap, testkit tells everyone when a client leaves (another steady
+                // client finishing): not a reply.
+                let mut read = reader.read_line(&mut reply);
+                while matches!(read, Ok(n) if n > 0) && reply.starts_with("left ") {
+                    reply.clear();
+                    read = reader.read_line(&mut reply);
+                }
+                match read {
+                    Ok(0) | Err(_) => {
+                        problems.push(format!("{n}: no reply"));
+                        break;
+                    }
+                    Ok(_) if reply.trim_end() == format!("Echo: {n}") => answered += 1,
+                    Ok(_) => problems.push(format!("{n}: got {reply:?}")),
+                }
+            }
+            (answered, problems)
+        });
+        Steady { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the steady client")
+    }
+}
+
+#[test]
+fn a_plugin_rolled_out_to_three_nodes_swaps_everywhere_refusals_are_reported_and_late_nodes_catch_up()
+ {
+    let nats = Nats::start("cluster-rollout");
+    let folder = scratch_dir("cluster-rollout");
+    let start_with = |name: &str, plugin: &str| {
+        let config = folder.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\n\
+                 [[listener]]\nname = \"room\"\naddress = \"127.0.0.1:0\"\nplugin = \"{plugin}\"\nframing = \"lines\"\n",
+                nats.url()
+            ),
+        )
+        .expect("write pier.toml");
+        let node = Served::start(&["--config", config.to_str().expect("utf-8")]);
+        // In the cluster, listening for announcements.
+        assert!(
+            node.wait_for_log("cluster: connected to NATS"),
+            "{}",
+            node.log()
+        );
+        assert!(
+            node.wait_for_log("tenant joined the cluster"),
+            "{}",
+            node.log()
+        );
+        node
+    };
+    let start = |name: &str| start_with(name, "echo");
+    let nodes: Vec<Served> = ["a", "b", "c"].into_iter().map(start).collect();
+    let steady: Vec<Steady> = nodes.iter().map(|n| Steady::start(&n.addr)).collect();
+    let testkit = guest_file("pier_testkit.wasm");
+    let testkit = testkit.to_str().expect("utf-8");
+
+    // Every node swaps to the new version; the clients never notice but for the new replies.
+    let (code, printed, log) = deploy(&nats, &["room", testkit]);
+    assert_eq!(code, Some(0), "{printed}{log}");
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 3, "{printed}");
+    for (line, node) in lines.iter().zip(["a", "b", "c"]) {
+        assert!(
+            line.starts_with(&format!("{node}: swapped to ")),
+            "{printed}"
+        );
+    }
+    for client in steady {
+        let (answered, problems) = client.finish();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(answered > 0);
+    }
+    let mut asker = Lines::connect(&nodes[1].addr);
+    let welcome = asker.wait_from(0, "a greeting", |l| l.starts_with("welcome "));
+    assert!(welcome.starts_with("welcome "), "testkit greets: {welcome}");
+
+    // A broken component is refused by every node, reported, and changes nothing.
+    let broken = folder.join("broken.wasm");
+    std::fs::write(&broken, b"this is not a component").expect("write");
+    let (code, printed, _) = deploy(&nats, &["room", broken.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert_eq!(printed.matches(": refused: ").count(), 3, "{printed}");
+    asker.ask("whoami", "");
+
+    // A node started after the rollout serves the deployed version.
+    let late = start("d");
+    let mut on_late = Lines::connect(&late.addr);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let reply = on_late.ask("peers", "");
+        if reply != "Echo: peers" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node d never caught up"
+        );
+        drop(on_late);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        on_late = Lines::connect(&late.addr);
+    }
+
+    // Rolled out again (the echo built-in's component), then back.
+    let echo = folder.join("echo.wasm");
+    std::fs::write(&echo, crate::support::builtin_wasm("echo")).expect("write");
+    let (code, printed, log) = deploy(&nats, &["room", echo.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(0), "{printed}{log}");
+    assert_eq!(printed.matches(": swapped to ").count(), 4, "{printed}");
+    let (code, printed, log) = deploy(&nats, &["--rollback", "room"]);
+    assert_eq!(code, Some(0), "{printed}{log}");
+    assert_eq!(printed.matches(": swapped to ").count(), 4, "{printed}");
+    let after = Lines::connect(&nodes[0].addr);
+    after.wait_from(0, "testkit's greeting again", |l| l.starts_with("welcome "));
+
+    // `plugin = "cluster:room"`: a node whose config names no component serves the deployed one.
+    let follower = start_with("e", "cluster:room");
+    assert!(
+        follower.log().contains("plugin cluster:room"),
+        "{}",
+        follower.log()
+    );
+    let on_follower = Lines::connect(&follower.addr);
+    on_follower.wait_from(0, "testkit's greeting", |l| l.starts_with("welcome "));
+}

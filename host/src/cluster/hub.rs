@@ -55,6 +55,12 @@ impl ClusterHub {
         let _ = self.link.departures.set(run);
     }
 
+    /// Makes `hook` serve versions rolled out to the tenant (the deployer sets it when it starts
+    /// the listener).
+    pub fn on_deploy(&self, hook: super::link::DeployHook) {
+        let _ = self.link.deploys.set(hook);
+    }
+
     /// Gives up connection `id`'s claim of `key`, if it has one.
     fn release(&self, id: ConnectionId, key: &str) {
         let held = lock(&self.held)

@@ -87,11 +87,24 @@ pub struct Link {
     pub departed: Mutex<HashMap<ConnectionId, Remote>>,
     /// Runs the plugin's `on-close` for connections of a vanished node (set by the listener).
     pub departures: std::sync::OnceLock<Departures>,
+    /// Swaps to a rolled-out version (set by the deployer).
+    pub deploys: std::sync::OnceLock<DeployHook>,
 }
 
 /// What runs the plugin's `on-close` for connections of a node that vanished: it blocks (a
 /// guest call), so it runs on a blocking thread.
 pub type Departures = Box<dyn Fn(Vec<ConnectionId>) + Send + Sync>;
+
+/// What makes the tenant serve a rolled-out version (the deployer): the version's digest in,
+/// the version now serving (or why not) out.
+pub type DeployHook = Box<
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Link {
     /// Starts tenant `name`'s link: its tasks run on the current tokio runtime until the
@@ -113,6 +126,7 @@ impl Link {
             snapshot_now: Notify::new(),
             departed: Mutex::new(HashMap::new()),
             departures: std::sync::OnceLock::new(),
+            deploys: std::sync::OnceLock::new(),
         });
         tokio::spawn(publish(link.clone(), rx));
         tokio::spawn(receive(link.clone()));
@@ -357,6 +371,72 @@ fn depart(link: &Arc<Link>, gone: Vec<Remote>) {
     });
 }
 
+/// Answers a rollout announcement: `received` at once, then `swapped` or `refused`.
+fn on_deploy(link: &Arc<Link>, message: async_nats::Message) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let announcement: super::rollout::Announcement = match serde_json::from_slice(&message.payload)
+    {
+        Ok(announcement) => announcement,
+        Err(_) => {
+            link.metrics.dropped_malformed.inc();
+            return;
+        }
+    };
+    let link = link.clone();
+    tokio::spawn(async move {
+        let answer = |state: &str, detail: String| super::rollout::Answer {
+            node: link.cluster.node.clone(),
+            state: state.to_string(),
+            detail,
+        };
+        let client = link.cluster.client().clone();
+        let send = |answer: super::rollout::Answer| {
+            let client = client.clone();
+            let reply = reply.clone();
+            async move {
+                if let Ok(payload) = serde_json::to_vec(&answer) {
+                    let _ = client.publish(reply, payload.into()).await;
+                }
+            }
+        };
+        send(answer("received", String::new())).await;
+        let outcome = match link.deploys.get() {
+            Some(hook) => hook(announcement.version).await,
+            None => Err("this node cannot swap this listener's plugin".to_string()),
+        };
+        let final_answer = match outcome {
+            Ok(version) => answer("swapped", version),
+            Err(reason) => answer("refused", reason),
+        };
+        send(final_answer).await;
+    });
+}
+
+/// Serves the version rolled out to the tenant, if any: a node that started after the rollout
+/// or was away during it catches up.
+fn catch_up(link: &Arc<Link>) {
+    let link = link.clone();
+    tokio::spawn(async move {
+        let Some(hook) = link.deploys.get() else {
+            return;
+        };
+        match link.cluster.rollout.pointer(&link.name).await {
+            Ok(Some(pointer)) => match hook(pointer.version).await {
+                Ok(version) => {
+                    info!(listener = %link.name, version = %version, "cluster: serving the rolled-out version")
+                }
+                Err(reason) => {
+                    warn!(listener = %link.name, "cluster: cannot serve the rolled-out version: {reason}")
+                }
+            },
+            Ok(None) => {}
+            Err(err) => debug!(listener = %link.name, "cluster: no rollout record: {err:#}"),
+        }
+    });
+}
+
 /// Publishes the outgoing queue and keeps the group subscriptions.
 async fn publish(link: Arc<Link>, mut rx: mpsc::Receiver<Outgoing>) {
     let client = link.cluster.client().clone();
@@ -485,9 +565,10 @@ async fn receive(link: Arc<Link>) {
                 .subscribe(link.subjects.node(&link.cluster.node))
                 .await?,
             client.subscribe(link.subjects.all()).await?,
+            client.subscribe(link.subjects.deploy()).await?,
         ))
     };
-    let (mut presence, mut directed, mut all) = match subscribed.await {
+    let (mut presence, mut directed, mut all, mut deploys) = match subscribed.await {
         Ok(subscriptions) => subscriptions,
         Err(err) => {
             warn!(listener = %link.name, "cluster: cannot subscribe; this tenant stays node-local: {err}");
@@ -498,6 +579,7 @@ async fn receive(link: Arc<Link>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     if *state.borrow_and_update() {
         link.hello();
+        catch_up(&link);
     }
     info!(listener = %link.name, node = %link.cluster.node, "cluster: tenant joined the cluster");
     loop {
@@ -505,6 +587,7 @@ async fn receive(link: Arc<Link>) {
             Some(message) = presence.next() => link.on_presence(&message.payload),
             Some(message) = directed.next() => link.deliver(message.payload),
             Some(message) = all.next() => link.deliver(message.payload),
+            Some(message) = deploys.next() => on_deploy(&link, message),
             changed = state.changed() => {
                 if changed.is_err() {
                     break;
@@ -514,6 +597,7 @@ async fn receive(link: Arc<Link>) {
                 link.mirror_mut().clear();
                 if *state.borrow_and_update() {
                     link.hello();
+                    catch_up(&link);
                 }
             }
             () = link.snapshot_now.notified() => link.announce_snapshot(),

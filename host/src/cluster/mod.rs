@@ -17,6 +17,7 @@ pub mod claims;
 pub mod hub;
 pub mod link;
 pub mod mirror;
+pub mod rollout;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -132,6 +133,8 @@ pub struct Cluster {
     connected: watch::Receiver<bool>,
     /// Cluster-wide unique attribute values.
     pub claims: claims::Claims,
+    /// Plugin versions rolled out to the cluster.
+    pub rollout: rollout::Rollout,
     /// Per tenant name, the sequence of its connection ids, shared by every incarnation of the
     /// listener in this process (a restarted listener continues the sequence).
     sequences: Mutex<HashMap<String, Arc<AtomicU64>>>,
@@ -147,32 +150,7 @@ impl Cluster {
     pub async fn start(spec: &ClusterSpec) -> Result<Arc<Cluster>> {
         let (state_tx, connected) = watch::channel(false);
         let state_tx = Arc::new(state_tx);
-        let mut options = match &spec.auth {
-            ClusterAuth::None => async_nats::ConnectOptions::new(),
-            ClusterAuth::Credentials(path) => async_nats::ConnectOptions::new()
-                .credentials_file(path)
-                .await
-                .with_context(|| format!("cluster: cannot read {}", path.display()))?,
-            ClusterAuth::TokenFile(path) => {
-                async_nats::ConnectOptions::with_token(read_secret(path)?)
-            }
-            ClusterAuth::UserPassword {
-                user,
-                password_file,
-            } => async_nats::ConnectOptions::with_user_and_password(
-                user.clone(),
-                read_secret(password_file)?,
-            ),
-        };
-        if let Some(tls) = &spec.tls {
-            options = options.require_tls(true);
-            if let Some(ca) = &tls.ca {
-                options = options.add_root_certificates(ca.clone());
-            }
-            if let Some((cert, key)) = &tls.cert {
-                options = options.add_client_certificate(cert.clone(), key.clone());
-            }
-        }
+        let options = connect_options(spec).await?;
         let node = spec.node.clone();
         let events = state_tx.clone();
         // While NATS is away the client retries every 2 s and reports each failure: one line
@@ -236,6 +214,7 @@ impl Cluster {
         );
         Ok(Arc::new(Cluster {
             claims: claims::Claims::new(client.clone(), &spec.subject_prefix),
+            rollout: rollout::Rollout::new(client.clone(), &spec.subject_prefix),
             client,
             node: spec.node.clone(),
             incarnation,
@@ -276,6 +255,35 @@ impl std::fmt::Debug for Cluster {
             .field("incarnation", &self.incarnation)
             .finish_non_exhaustive()
     }
+}
+
+/// The NATS connection options `spec` asks for: credentials (read from their files) and TLS.
+pub async fn connect_options(spec: &ClusterSpec) -> Result<async_nats::ConnectOptions> {
+    let mut options = match &spec.auth {
+        ClusterAuth::None => async_nats::ConnectOptions::new(),
+        ClusterAuth::Credentials(path) => async_nats::ConnectOptions::new()
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("cluster: cannot read {}", path.display()))?,
+        ClusterAuth::TokenFile(path) => async_nats::ConnectOptions::with_token(read_secret(path)?),
+        ClusterAuth::UserPassword {
+            user,
+            password_file,
+        } => async_nats::ConnectOptions::with_user_and_password(
+            user.clone(),
+            read_secret(password_file)?,
+        ),
+    };
+    if let Some(tls) = &spec.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &tls.cert {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    Ok(options)
 }
 
 fn read_secret(path: &std::path::Path) -> Result<String> {

@@ -7,6 +7,8 @@
 //! - `P.T.node.N`: frames and close requests for connections on node `N` ([`Directed`]); only
 //!   `N` subscribes, so a `send` to one connection reaches that one node.
 //! - `P.T.all`: `connections.broadcast` frames; every node of the tenant subscribes.
+//! - `P.T.deploy`: a new plugin version to serve (`pier deploy --cluster`), answered by each
+//!   node on the request's reply subject (see [`super::rollout`]).
 //! - `P.T.group.G`: `groups.send` frames for group `G` (a digest of its name); a node
 //!   subscribes only while one of its connections is a member.
 //!
@@ -61,6 +63,11 @@ impl Subjects {
     /// Frames and close requests for the connections of `node`.
     pub fn node(&self, node: &str) -> String {
         format!("{}.node.{}", self.base, token(node))
+    }
+
+    /// Rollout announcements (`pier deploy --cluster`).
+    pub fn deploy(&self) -> String {
+        format!("{}.deploy", self.base)
     }
 
     /// Broadcast frames.

@@ -87,6 +87,9 @@ pub enum PluginRef {
     Builtin(String),
     /// A component file.
     File(PathBuf),
+    /// `cluster:NAME`: whatever version `pier deploy --cluster` rolled out to listener NAME,
+    /// fetched from the cluster when the listener starts.
+    Cluster(String),
 }
 
 /// One `[[listener]]`, validated.
@@ -169,6 +172,7 @@ impl std::fmt::Display for PluginRef {
         match self {
             PluginRef::Builtin(name) => f.write_str(name),
             PluginRef::File(path) => write!(f, "{}", path.display()),
+            PluginRef::Cluster(name) => write!(f, "cluster:{name}"),
         }
     }
 }
@@ -177,6 +181,14 @@ impl PluginRef {
     /// Resolves a command-line or config plugin argument: a built-in name, or a file (relative
     /// paths against `base`). The file must exist.
     pub fn parse(arg: &str, base: &Path) -> Result<PluginRef> {
+        if let Some(name) = arg.strip_prefix("cluster:") {
+            if name.is_empty() {
+                bail!(
+                    "`cluster:` names no listener (cluster:NAME serves what was deployed to NAME)"
+                );
+            }
+            return Ok(PluginRef::Cluster(name.to_string()));
+        }
         let looks_like_path = arg.ends_with(".wasm") || arg.contains('/');
         if !looks_like_path && builtin::find(arg).is_some() {
             return Ok(PluginRef::Builtin(arg.to_string()));
@@ -198,7 +210,7 @@ impl PluginRef {
     pub fn preferred_framing(&self) -> Option<Framing> {
         match self {
             PluginRef::Builtin(name) => builtin::find(name).map(|b| b.framing),
-            PluginRef::File(_) => None,
+            PluginRef::File(_) | PluginRef::Cluster(_) => None,
         }
     }
 
@@ -210,6 +222,9 @@ impl PluginRef {
                 .ok_or_else(|| anyhow!("no built-in plugin named `{name}`")),
             PluginRef::File(path) => std::fs::read(path)
                 .with_context(|| format!("cannot read plugin file {}", path.display())),
+            PluginRef::Cluster(name) => {
+                bail!("plugin cluster:{name} comes from the cluster, not from a file")
+            }
         }
     }
 
@@ -217,7 +232,7 @@ impl PluginRef {
     pub fn file(&self) -> Option<&Path> {
         match self {
             PluginRef::File(path) => Some(path),
-            PluginRef::Builtin(_) => None,
+            PluginRef::Builtin(_) | PluginRef::Cluster(_) => None,
         }
     }
 }

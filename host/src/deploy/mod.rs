@@ -59,6 +59,8 @@ pub struct Deployer {
     inherited: std::sync::Mutex<inherit::Inherited>,
     /// The cluster this node's tenants span, if any.
     cluster: std::sync::Mutex<Option<Arc<crate::cluster::Cluster>>>,
+    /// Itself, for the hooks a clustered listener calls back through.
+    me: std::sync::Weak<Deployer>,
 }
 
 /// What a reload did.
@@ -82,7 +84,7 @@ impl Deployer {
         config: Config,
         source: Option<PathBuf>,
     ) -> Arc<Self> {
-        Arc::new(Deployer {
+        Arc::new_cyclic(|me| Deployer {
             runtime,
             server,
             current: Mutex::new(config),
@@ -90,7 +92,67 @@ impl Deployer {
             pools: Default::default(),
             inherited: Default::default(),
             cluster: Default::default(),
+            me: me.clone(),
         })
+    }
+
+    /// The component rolled out to listener `name` (`plugin = "cluster:NAME"`), waiting up to
+    /// 10 s for NATS.
+    async fn deployed(&self, name: &str) -> Result<Vec<u8>> {
+        let cluster = lock(&self.cluster)
+            .clone()
+            .ok_or_else(|| anyhow!("plugin cluster:{name} needs a [cluster] section"))?;
+        let mut state = cluster.connection_state();
+        tokio::time::timeout(Duration::from_secs(10), state.wait_for(|up| *up))
+            .await
+            .map_err(|_| anyhow!("plugin cluster:{name}: NATS unreachable for 10 s"))?
+            .map_err(|_| anyhow!("plugin cluster:{name}: the cluster connection closed"))?;
+        let pointer = cluster.rollout.pointer(name).await?.ok_or_else(|| {
+            anyhow!("plugin cluster:{name}: nothing was deployed yet (pier deploy --cluster ... {name} FILE)")
+        })?;
+        cluster.rollout.fetch(&pointer.version).await
+    }
+
+    /// Makes listener `name` serve the component rolled out to the cluster as `version` (its
+    /// SHA-256): fetched, checked against its digest, compiled and checked exactly as a local
+    /// reload, then hot-swapped at frame boundaries. The version serving afterwards.
+    pub async fn deploy_version(&self, name: &str, version: &str) -> Result<String> {
+        let cluster = lock(&self.cluster)
+            .clone()
+            .ok_or_else(|| anyhow!("this node is not in a cluster"))?;
+        let shared = self
+            .server
+            .listener(name)
+            .ok_or_else(|| anyhow!("listener `{name}` is not running here"))?;
+        let short = version.get(..12).unwrap_or(version);
+        if shared.slot.current().plugin.version == short {
+            return Ok(short.to_string());
+        }
+        let spec = self
+            .current
+            .lock()
+            .await
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .cloned()
+            .ok_or_else(|| anyhow!("listener `{name}` is not in this node's config"))?;
+        let bytes = cluster.rollout.fetch(version).await?;
+        let runtime = self.runtime.clone();
+        let label = format!("cluster:{name}");
+        let plugin = tokio::task::spawn_blocking(move || runtime.load_plugin(&label, &bytes))
+            .await
+            .context("plugin loader stopped")?
+            .map_err(|err| anyhow!("{err}"))?;
+        check_grants(&spec, &plugin)?;
+        let serving = plugin.version.clone();
+        Swap {
+            route: None,
+            plugin,
+            config: spec.plugin_config.clone(),
+        }
+        .apply(&shared);
+        Ok(serving)
     }
 
     /// This node's cluster name, when its tenants span a cluster.
@@ -344,6 +406,18 @@ impl Deployer {
 
     /// Compiles (or loads from the cache) and checks a plugin on a blocking thread.
     async fn compile(&self, plugin: &PluginRef) -> Result<Arc<LoadedPlugin>> {
+        if let PluginRef::Cluster(name) = plugin {
+            let bytes = self.deployed(name).await?;
+            let runtime = self.runtime.clone();
+            let label = plugin.to_string();
+            return tokio::task::spawn_blocking(move || {
+                runtime
+                    .load_plugin(&label, &bytes)
+                    .map_err(|err| anyhow!("plugin {label}: {err}"))
+            })
+            .await
+            .context("plugin loader stopped")?;
+        }
         let runtime = self.runtime.clone();
         let plugin = plugin.clone();
         tokio::task::spawn_blocking(move || {
@@ -494,6 +568,21 @@ impl Deployer {
             prepared.tls,
             routes,
         );
+        if let Some(hub) = &shared.cluster {
+            let deployer = self.me.clone();
+            let name = spec.name.clone();
+            hub.on_deploy(Box::new(move |version| {
+                let deployer = deployer.clone();
+                let name = name.clone();
+                Box::pin(async move {
+                    let deployer = deployer.upgrade().ok_or("pier is shutting down")?;
+                    deployer
+                        .deploy_version(&name, &version)
+                        .await
+                        .map_err(|err| format!("{err:#}"))
+                })
+            }));
+        }
         let addr = self.server.add(listener, shared.clone())?;
         let plugin = shared.slot.current().plugin.clone();
         let mode = if shared.tls.is_some() { ", TLS" } else { "" };
@@ -622,7 +711,7 @@ fn plugin_files(spec: &ListenerSpec) -> impl Iterator<Item = &PathBuf> {
         .chain(spec.sni_plugins.iter().map(|(_, p)| p))
         .filter_map(|p| match p {
             PluginRef::File(path) => Some(path),
-            PluginRef::Builtin(_) => None,
+            PluginRef::Builtin(_) | PluginRef::Cluster(_) => None,
         })
 }
 

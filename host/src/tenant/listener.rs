@@ -107,6 +107,8 @@ pub struct ListenerShared {
     pub budgets: Arc<Budgets>,
     /// The registry, also reachable from the plugin through `ctx`.
     pub hub: Arc<dyn Registry>,
+    /// The same registry as a cluster's, when the tenant spans one.
+    pub cluster: Option<Arc<crate::cluster::ClusterHub>>,
     /// What plugin instances of this listener are handed.
     pub ctx: Arc<ListenerContext>,
     /// TLS settings, on TLS listeners.
@@ -236,6 +238,7 @@ impl ListenerShared {
             retired: Arc::new(AtomicBool::new(false)),
             next_connection,
             id_base,
+            cluster: cluster_hub.clone(),
         });
         if let Some(hub) = cluster_hub {
             let tenant = Arc::downgrade(&shared);

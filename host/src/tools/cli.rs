@@ -61,6 +61,9 @@ pub enum Command {
     /// Replace a running `pier serve` with the binary at its path, without closing its
     /// listening sockets (sends it SIGUSR2 and waits for the new process to report ready).
     Upgrade(UpgradeArgs),
+    /// Roll a plugin out to every node of a cluster that serves a listener (or back to the
+    /// version before): each node checks it as a local reload does and hot-swaps it.
+    Deploy(DeployArgs),
     /// Send one frame to a server and print the reply.
     Send(SendArgs),
     /// Check that a file is a pier plugin and show what it imports and exports.
@@ -294,6 +297,33 @@ pub struct UpgradeArgs {
     pub timeout: Duration,
 }
 
+/// `pier deploy`.
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The cluster's NATS servers (repeat or comma-separate).
+    #[arg(long, value_name = "URL", value_delimiter = ',', required = true)]
+    pub cluster: Vec<String>,
+
+    /// Take the credentials, TLS settings and subject prefix from this pier.toml's `[cluster]`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// Point the listener back at the version deployed before the current one.
+    #[arg(long)]
+    pub rollback: bool,
+
+    /// The listener (tenant) to deploy to.
+    pub listener: String,
+
+    /// The component to deploy (not with `--rollback`).
+    #[arg(required_unless_present = "rollback", conflicts_with = "rollback")]
+    pub file: Option<PathBuf>,
+
+    /// How long to wait for every node's answer.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
 /// `pier send`.
 #[derive(Args, Debug)]
 pub struct SendArgs {
@@ -374,6 +404,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Reload(args) => reload(args),
         Command::Upgrade(args) => upgrade(args),
+        Command::Deploy(args) => deploy(args),
         Command::Send(args) => send(args),
         Command::Check(args) => check(args),
         Command::New(args) => new_plugin(args),
@@ -756,6 +787,29 @@ fn reload(args: ReloadArgs) -> Result<()> {
     }
     eprintln!("pier: asked process {pid} to reload");
     Ok(())
+}
+
+fn deploy(args: DeployArgs) -> Result<()> {
+    let mut spec = match &args.config {
+        Some(path) => Config::load(path)?
+            .cluster
+            .ok_or_else(|| anyhow!("{} has no [cluster] section", path.display()))?,
+        None => {
+            crate::cluster::ClusterSpec::from_flags(args.cluster.clone(), Some("deploy".into()))?
+        }
+    };
+    spec.servers = args.cluster.clone();
+    let request = crate::tools::rollout::Request {
+        spec,
+        listener: args.listener,
+        file: args.file,
+        timeout: args.timeout,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(crate::tools::rollout::run(request))
 }
 
 fn upgrade(args: UpgradeArgs) -> Result<()> {
