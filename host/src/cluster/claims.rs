@@ -44,19 +44,9 @@ pub struct Held {
 impl Claims {
     /// The claims of the cluster whose subjects start with `prefix`.
     pub fn new(client: async_nats::Client, prefix: &str) -> Claims {
-        let prefix: String = prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         Claims {
             client,
-            bucket: format!("{prefix}-claims"),
+            bucket: super::buckets::name(prefix, "claims"),
             store: OnceCell::new(),
         }
     }
@@ -65,36 +55,15 @@ impl Claims {
     async fn store(&self) -> Result<&kv::Store, ClaimError> {
         self.store
             .get_or_try_init(|| async {
-                let js = async_nats::jetstream::new(self.client.clone());
-                // The stream a key-value bucket is, made directly: `create_key_value` first
-                // asks for account details that servers before 2.10 (Debian's 2.9) answer in a
-                // shape this client does not parse. The settings are the bucket's own.
-                let stream = async_nats::jetstream::stream::Config {
-                    name: format!("KV_{}", self.bucket),
-                    description: Some("pier: who holds which claimed attribute value".into()),
-                    subjects: vec![format!("$KV.{}.>", self.bucket)],
-                    max_messages_per_subject: 1,
-                    max_message_size: 1024,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    deny_purge: false,
-                    allow_direct: true,
-                    discard: async_nats::jetstream::stream::DiscardPolicy::New,
-                    num_replicas: 1,
-                    ..Default::default()
-                };
-                if let Err(create) = js.get_or_create_stream(stream).await {
-                    warn!(
-                        "cluster: cannot create the claims bucket `{}`: {create}",
-                        self.bucket
-                    );
-                    return Err(ClaimError::Unavailable);
-                }
-                js.get_key_value(&self.bucket).await.map_err(|err| {
-                    warn!(
-                        "cluster: the claims bucket `{}` is unavailable: {err}",
-                        self.bucket
-                    );
+                super::buckets::key_value(
+                    &self.client,
+                    &self.bucket,
+                    "pier: who holds which claimed attribute value",
+                    1024,
+                )
+                .await
+                .map_err(|err| {
+                    warn!("cluster: the claims bucket is unavailable: {err:#}");
                     ClaimError::Unavailable
                 })
             })

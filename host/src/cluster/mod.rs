@@ -13,6 +13,7 @@
 //! over between the configured servers and restores subscriptions by itself) and what every
 //! tenant shares: the node's name, its incarnation and the connection state.
 
+pub mod buckets;
 pub mod claims;
 pub mod hub;
 pub mod link;

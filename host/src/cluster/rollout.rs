@@ -66,19 +66,9 @@ pub fn digest(bytes: &[u8]) -> String {
 impl Rollout {
     /// The rollout stores of the cluster whose subjects start with `prefix`.
     pub fn new(client: async_nats::Client, prefix: &str) -> Rollout {
-        let prefix: String = prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         Rollout {
             client,
-            prefix,
+            prefix: prefix.to_string(),
             objects: OnceCell::new(),
             pointers: OnceCell::new(),
         }
@@ -88,7 +78,7 @@ impl Rollout {
         self.objects
             .get_or_try_init(|| async {
                 let js = jetstream::new(self.client.clone());
-                let bucket = format!("{}-plugins", self.prefix);
+                let bucket = super::buckets::name(&self.prefix, "plugins");
                 match js.get_object_store(&bucket).await {
                     Ok(store) => Ok(store),
                     Err(_) => js
@@ -107,31 +97,14 @@ impl Rollout {
     async fn pointers(&self) -> Result<&kv::Store> {
         self.pointers
             .get_or_try_init(|| async {
-                let js = jetstream::new(self.client.clone());
-                let bucket = format!("{}-deployments", self.prefix);
-                if let Ok(store) = js.get_key_value(&bucket).await {
-                    return Ok(store);
-                }
-                // Made as its stream directly, like the claims bucket (Debian's nats-server 2.9
-                // answers the account query `create_key_value` makes in a shape the client
-                // cannot parse).
-                js.get_or_create_stream(jetstream::stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some("pier: which version each listener serves".into()),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: jetstream::stream::DiscardPolicy::New,
-                    num_replicas: 1,
-                    ..Default::default()
-                })
+                let bucket = super::buckets::name(&self.prefix, "deployments");
+                super::buckets::key_value(
+                    &self.client,
+                    &bucket,
+                    "pier: which version each listener serves",
+                    4096,
+                )
                 .await
-                .with_context(|| format!("cannot create the bucket `{bucket}`"))?;
-                js.get_key_value(&bucket)
-                    .await
-                    .with_context(|| format!("cannot open the bucket `{bucket}`"))
             })
             .await
     }
