@@ -307,6 +307,7 @@ fn a_second_tenant_with_the_same_group_names_receives_nothing_of_the_first() {
     let admin = a.admin_addr();
     let expected = [
         "pier_cluster_connected 1",
+        "pier_connections_open{listener=\"one\",node=\"a\"} 1",
         "pier_cluster_node_info{node=\"a\"} 1",
         "pier_cluster_nodes{listener=\"one\"} 1",
         "pier_cluster_nodes{listener=\"two\"} 1",

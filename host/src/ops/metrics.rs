@@ -208,8 +208,12 @@ impl Families {
             ),
             connections_open: gauge(
                 "pier_connections_open",
-                "Client connections open now.",
-                LISTENER,
+                "Client connections open now (on this node; with [cluster], labelled with the node).",
+                if NODE.get().is_some() {
+                    &["listener", "node"]
+                } else {
+                    LISTENER
+                },
             ),
             connections_accepted: counter(
                 "pier_connections_accepted_total",
@@ -300,6 +304,17 @@ fn register(registry: &Registry, collector: Box<dyn prometheus::core::Collector>
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(Families::new);
+
+/// The cluster node this process is, when it is one: node-local families carry it as a label.
+/// Set before anything is counted ([`set_node`]); the label sets are fixed when the families
+/// are made.
+static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names the cluster node this process is, before the first figure is counted; false when it
+/// came too late (the families already exist without the label) or was already set.
+pub fn set_node(node: &str) -> bool {
+    std::sync::LazyLock::get(&FAMILIES).is_none() && NODE.set(node.to_string()).is_ok()
+}
 
 /// Handles of one clustered listener's `pier_cluster_*` figures.
 pub struct ClusterMetrics {
@@ -415,7 +430,10 @@ impl ListenerMetrics {
         let refused = LabelledCounters::exported(&f.connections_refused, &[name], labels.refusals);
         Arc::new(ListenerMetrics {
             listener: Some(Arc::from(name)),
-            open: f.connections_open.with_label_values(&[name]),
+            open: match NODE.get() {
+                Some(node) => f.connections_open.with_label_values(&[name, node]),
+                None => f.connections_open.with_label_values(&[name]),
+            },
             accepted: f.connections_accepted.with_label_values(&[name]),
             instances: f.instances.with_label_values(&[name]),
             queue_dropped: f.write_queue_full.with_label_values(&[name, "drop"]),

@@ -618,6 +618,10 @@ fn single_listener_config(args: &ServeArgs) -> Result<Config> {
 fn serve(args: ServeArgs) -> Result<()> {
     crate::sys::raise_fd_limit();
     let config = serve_config(&args)?;
+    if let Some(spec) = &config.cluster {
+        // Before anything is counted: the node is a label of the node-local figures.
+        crate::ops::metrics::set_node(&spec.node);
+    }
     let runtime = Runtime::new(RuntimeConfig {
         memory_limit: config.largest_memory().max(args.memory_limit),
         call_deadline: args.call_deadline,
