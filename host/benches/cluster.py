@@ -176,14 +176,120 @@ async def redis_room(port, members, messages, gap):
     return result
 
 
+def start_two_tenants(port_calm, port_noisy, folder, nats, node):
+    config = os.path.join(folder, f"{node}.toml")
+    with open(config, "w") as f:
+        f.write(f"""[cluster]
+nats = ["{nats}"]
+node = "{node}"
+[[listener]]
+name = "calm"
+address = "127.0.0.1:{port_calm}"
+plugin = "chat"
+framing = "lines"
+[[listener]]
+name = "noisy"
+address = "127.0.0.1:{port_noisy}"
+plugin = "chat"
+framing = "lines"
+""")
+    env = dict(os.environ, PIER_CACHE_DIR=os.path.join(folder, "cache"))
+    proc = subprocess.Popen([PIER, "serve", "--config", config], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port_calm, proc, "pier")
+    wait_port(port_noisy, proc, "pier")
+    return proc
+
+
+async def neighbour(calm, noisy, messages, gap):
+    """Latency of the calm tenant's room across two nodes, quiet and while the noisy tenant's
+    members flood their own room across the same nodes (and the same NATS connections)."""
+    async def room(ports, names):
+        clients = [await chat_member(p, n) for p, n in zip(ports, names)]
+        reader, writer = clients[0]
+        while True:
+            writer.write(b"/list\n")
+            await writer.drain()
+            line = await reader.readline()
+            while not line.startswith(b"Online ("):
+                line = await reader.readline()
+            if line.startswith(f"Online ({len(names)})".encode()):
+                return clients
+            await asyncio.sleep(0.2)
+
+    calm_clients = await room(calm, ["c1", "c2"])
+
+    async def send(text):
+        calm_clients[0][1].write(f"{text}\n".encode())
+        await calm_clients[0][1].drain()
+
+    is_message = lambda line: line.startswith(b"c1: msg ")
+    quiet = await deliver(calm_clients[1:], send, messages, gap, is_message)
+    noisy_clients = await room(noisy, ["n1", "n2"])
+    stop = asyncio.Event()
+    flooded = [0]
+
+    async def flood():
+        writer = noisy_clients[0][1]
+        batch = b"".join(b"flood %d\n" % i for i in range(512))
+        while not stop.is_set():
+            writer.write(batch)
+            await writer.drain()
+            flooded[0] += 512
+
+    async def drain():
+        reader = noisy_clients[1][0]
+        while not stop.is_set():
+            if not await reader.read(1 << 16):
+                return
+
+    tasks = [asyncio.create_task(flood()), asyncio.create_task(drain())]
+    await asyncio.sleep(1)
+    started = time.perf_counter()
+    loud = await deliver(calm_clients[1:], send, messages, gap, is_message)
+    rate = flooded[0] / (time.perf_counter() - started + 1)
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    return quiet, loud, rate
+
+
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--neighbour", action="store_true",
+                        help="instead: a calm tenant's latency while another floods")
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--gap", type=float, default=5.0, help="ms between two sent lines")
     args = parser.parse_args()
     if shutil.which("nats-server") is None or shutil.which("redis-server") is None:
         sys.exit("needs nats-server and redis-server (Debian packages)")
+    if args.neighbour:
+        with tempfile.TemporaryDirectory() as folder:
+            nats_port = free_port()
+            nats = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(nats_port), "-js",
+                                     "-sd", os.path.join(folder, "js")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs = [nats]
+            try:
+                wait_port(nats_port, nats, "nats-server")
+                ports = [(free_port(), free_port()) for _ in range(2)]
+                for (calm, noisy), node in zip(ports, "ab"):
+                    procs.append(start_two_tenants(calm, noisy, folder,
+                                                   f"nats://127.0.0.1:{nats_port}", node))
+                quiet, loud, rate = asyncio.run(neighbour(
+                    [p[0] for p in ports], [p[1] for p in ports], args.messages, args.gap))
+            finally:
+                for p in procs:
+                    p.terminate()
+        print(f"calm tenant: {args.messages} lines across two nodes, one every {args.gap:g} ms; "
+              f"noisy tenant flooding its own room across the same nodes at ~{rate:,.0f} lines/s\n")
+        print("| calm tenant's room | delivered | p50 | p99 |")
+        print("|---|---|---|---|")
+        for name, r in (("quiet", quiet), ("while the other floods", loud)):
+            print(f"| {name} | {r['delivered']} of {r['expected']} | {r['p50'] / 1000:.1f} ms | "
+                  f"{r['p99'] / 1000:.1f} ms |")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         procs = []
