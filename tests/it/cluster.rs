@@ -750,3 +750,57 @@ fn a_plugin_rolled_out_to_three_nodes_swaps_everywhere_refusals_are_reported_and
     let on_follower = Lines::connect(&follower.addr);
     on_follower.wait_from(0, "testkit's greeting", |l| l.starts_with("welcome "));
 }
+
+#[test]
+fn a_clustered_listener_restarted_by_a_reload_stays_one_room_with_the_other_nodes() {
+    let nats = Nats::start("cluster-restart");
+    let folder = scratch_dir("cluster-restart");
+    let write = |name: &str, address: &str| {
+        let config = folder.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nnats = [\"{}\"]\nnode = \"{name}\"\n\
+                 [[listener]]\nname = \"chat\"\naddress = \"{address}\"\nplugin = \"chat\"\nframing = \"lines\"\n",
+                nats.url()
+            ),
+        )
+        .expect("write pier.toml");
+        config
+    };
+    let a_config = write("a", "127.0.0.1:0");
+    let a = Served::start(&["--config", a_config.to_str().expect("utf-8")]);
+    let b = Served::start(&[
+        "--config",
+        write("b", "127.0.0.1:0").to_str().expect("utf-8"),
+    ]);
+    let mut ann = member(&a.addr_of("chat"), "ann");
+    let mut bob = member(&b.addr_of("chat"), "bob");
+    until_listed(&mut bob, "Online (2): ann, bob");
+
+    // A new address restarts the listener: ann stays on the old one until she leaves, newcomers
+    // get the new one, and node b sees both as one room.
+    let moved = format!("127.0.0.1:{}", ports::reserved_port());
+    write("a", &moved);
+    a.signal("HUP");
+    assert!(
+        a.wait_for_log(&format!("listening on {moved}")),
+        "{}",
+        a.log()
+    );
+    let mut cat = member(&moved, "cat");
+    until_listed(&mut bob, "Online (3): ann, bob, cat");
+    until_listed(&mut cat, "Online (3): ann, bob, cat");
+    until_listed(&mut ann, "Online (3): ann, bob, cat");
+    ann.say("still here");
+    bob.wait("ann: still here");
+    cat.wait("ann: still here");
+    cat.say("new here");
+    bob.wait("cat: new here");
+    ann.wait("cat: new here");
+    // The old registry goes once ann leaves; the new one stays.
+    ann.say("/quit");
+    ann.wait_closed();
+    bob.wait("ann left the chat");
+    until_listed(&mut bob, "Online (2): bob, cat");
+}

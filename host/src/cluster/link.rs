@@ -64,6 +64,14 @@ pub struct Link {
     pub name: Arc<str>,
     /// The process's NATS connection.
     pub cluster: Arc<Cluster>,
+    /// Who this link is to the others: the node's name, with `#N` for the N-th registry of
+    /// the tenant in this process (a restarted listener runs beside the one it replaces until
+    /// that one's connections have closed; each is its own member of the cluster).
+    pub member: String,
+    /// Marks this link's frame messages, so it skips its own broadcasts and group frames
+    /// (other registries of the tenant in this process hear them: NATS echoes within the one
+    /// connection they share).
+    sender: u32,
     /// The tenant's subjects.
     pub subjects: Subjects,
     /// This node's connections.
@@ -111,7 +119,10 @@ impl Link {
     /// returned link's `stop` is cancelled.
     pub fn start(cluster: Arc<Cluster>, name: Arc<str>, local: Arc<LocalHub>) -> Arc<Link> {
         let (out, rx) = mpsc::channel(OUT_MESSAGES);
+        let member = cluster.member(&name);
         let link = Arc::new(Link {
+            member,
+            sender: rand::random(),
             subjects: Subjects::new(&cluster.prefix, &name),
             metrics: ClusterMetrics::new(&name),
             name,
@@ -179,7 +190,7 @@ impl Link {
     pub fn frame(&self, kind: FrameKind, target: u64, group: &str, frame: Bytes) -> FrameMessage {
         FrameMessage {
             kind,
-            from: self.cluster.incarnation,
+            from: self.sender,
             target,
             group: group.to_string(),
             frame,
@@ -201,7 +212,7 @@ impl Link {
     fn announce_locked(&self, seq: &mut u64, change: Change) {
         *seq += 1;
         let message = Presence {
-            node: self.cluster.node.clone(),
+            node: self.member.clone(),
             incarnation: self.cluster.incarnation,
             seq: *seq,
             change,
@@ -285,7 +296,7 @@ impl Link {
             self.metrics.dropped_malformed.inc();
             return;
         };
-        if message.from == self.cluster.incarnation {
+        if message.from == self.sender {
             return;
         }
         let except = (message.target != 0).then_some(message.target);
@@ -318,7 +329,9 @@ impl Link {
                 return;
             }
         };
-        if message.incarnation == self.cluster.incarnation && message.node != self.cluster.node {
+        if message.incarnation == self.cluster.incarnation
+            && message.node.split('#').next() != Some(self.cluster.node.as_str())
+        {
             warn!(
                 listener = %self.name,
                 other = %message.node,
@@ -328,7 +341,7 @@ impl Link {
         }
         let followups = self
             .mirror_mut()
-            .apply(&self.cluster.node, message, Instant::now());
+            .apply(&self.member, message, Instant::now());
         for followup in followups {
             match followup {
                 Followup::SendSnapshot => self.snapshot_now.notify_one(),
@@ -387,7 +400,7 @@ fn on_deploy(link: &Arc<Link>, message: async_nats::Message) {
     let link = link.clone();
     tokio::spawn(async move {
         let answer = |state: &str, detail: String| super::rollout::Answer {
-            node: link.cluster.node.clone(),
+            node: link.member.clone(),
             state: state.to_string(),
             detail,
         };
@@ -561,9 +574,7 @@ async fn receive(link: Arc<Link>) {
     let subscribed = async {
         Ok::<_, async_nats::SubscribeError>((
             client.subscribe(link.subjects.presence()).await?,
-            client
-                .subscribe(link.subjects.node(&link.cluster.node))
-                .await?,
+            client.subscribe(link.subjects.node(&link.member)).await?,
             client.subscribe(link.subjects.all()).await?,
             client.subscribe(link.subjects.deploy()).await?,
         ))
@@ -581,7 +592,7 @@ async fn receive(link: Arc<Link>) {
         link.hello();
         catch_up(&link);
     }
-    info!(listener = %link.name, node = %link.cluster.node, "cluster: tenant joined the cluster");
+    info!(listener = %link.name, node = %link.member, "cluster: tenant joined the cluster");
     loop {
         tokio::select! {
             Some(message) = presence.next() => link.on_presence(&message.payload),
@@ -608,7 +619,7 @@ async fn receive(link: Arc<Link>) {
                     let mut mirror = link.mirror_mut();
                     let expired = mirror.expire(Instant::now());
                     link.metrics.nodes.set(mirror.nodes().len() as i64);
-                    (expired, mirror.first_by_name(&link.cluster.node))
+                    (expired, mirror.first_by_name(&link.member))
                 };
                 for (node, gone) in expired {
                     info!(listener = %link.name, node = %node, connections = gone.len(), "cluster: node went silent; its connections are gone from this node's view");

@@ -10,7 +10,9 @@
 //! consensus of its own.
 //!
 //! The [`Cluster`] is the process's one NATS connection (async-nats, which reconnects, fails
-//! over between the configured servers and restores subscriptions by itself) and what every
+//! over between the configured servers and restores subscriptions by itself; it echoes, so two
+//! registries of one tenant in this process — a restarted listener beside the one it replaces —
+//! hear each other) and what every
 //! tenant shares: the node's name, its incarnation and the connection state.
 
 pub mod buckets;
@@ -139,6 +141,8 @@ pub struct Cluster {
     /// Per tenant name, the sequence of its connection ids, shared by every incarnation of the
     /// listener in this process (a restarted listener continues the sequence).
     sequences: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Per tenant name, how many registries it has had in this process.
+    members: Mutex<HashMap<String, u64>>,
 }
 
 /// Bits of a clustered connection id below the incarnation.
@@ -159,7 +163,6 @@ impl Cluster {
         let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = options
             .name(format!("pier {node}"))
-            .no_echo()
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
@@ -222,6 +225,7 @@ impl Cluster {
             prefix: spec.subject_prefix.clone(),
             connected,
             sequences: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -233,6 +237,18 @@ impl Cluster {
     /// Whether NATS is connected now, and its changes.
     pub fn connection_state(&self) -> watch::Receiver<bool> {
         self.connected.clone()
+    }
+
+    /// The name tenant `name`'s next registry goes by in the cluster: the node's name for the
+    /// first, `NODE#2`, `NODE#3`... for the ones a listener restart makes.
+    pub fn member(&self, name: &str) -> String {
+        let mut members = lock(&self.members);
+        let count = members.entry(name.to_string()).or_insert(0);
+        *count += 1;
+        match *count {
+            1 => self.node.clone(),
+            n => format!("{}#{n}", self.node),
+        }
     }
 
     /// Where tenant `name`'s connection ids come from: the incarnation in the high bits (24

@@ -261,14 +261,14 @@ pub enum FrameKind {
     Group,
 }
 
-/// A frame between nodes: `kind` (1 byte), the sender's incarnation (4 bytes, so a node skips
-/// its own broadcasts), `target` (8 bytes), for groups the name's length (2 bytes) and the
+/// A frame between nodes: `kind` (1 byte), the sending link's random mark (4 bytes, so a
+/// registry skips its own broadcasts), `target` (8 bytes), for groups the name's length (2 bytes) and the
 /// name, then the frame.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrameMessage {
     /// What to do.
     pub kind: FrameKind,
-    /// Who sent it.
+    /// The sending link's mark.
     pub from: u32,
     /// The connection it is for, or the excepted one (0: none).
     pub target: ConnectionId,
