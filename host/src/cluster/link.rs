@@ -618,7 +618,7 @@ async fn receive(link: Arc<Link>) {
                 let (expired, speaker) = {
                     let mut mirror = link.mirror_mut();
                     let expired = mirror.expire(Instant::now());
-                    link.metrics.nodes.set(mirror.nodes().len() as i64);
+                    link.metrics.nodes.set(mirror.node_count() as i64);
                     (expired, mirror.first_by_name(&link.member))
                 };
                 for (node, gone) in expired {

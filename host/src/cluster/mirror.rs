@@ -303,12 +303,9 @@ impl Mirror {
         self.nodes.keys().all(|other| own < other.as_str())
     }
 
-    /// The nodes known now, with their connection counts.
-    pub fn nodes(&self) -> Vec<(String, usize)> {
-        self.nodes
-            .iter()
-            .map(|(name, v)| (name.clone(), v.connections.len()))
-            .collect()
+    /// How many other members are known now.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
     }
 
     /// Peers of remote connections, for `peers`.
